@@ -1,0 +1,274 @@
+//! The whole configuration tree: built-in defaults (`config/default.toml`), an optional
+//! file named by `RENDEZVOUS_CONFIG`, then environment overrides.
+
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use rendezvous_gateway::GatewayConfig;
+use serde::{Deserialize, Serialize};
+
+/// `config/default.toml`, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// The root of the configuration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener, identity and logging.
+    pub server: ServerConfig,
+    /// WebSocket gateway limits.
+    pub gateway: GatewayConfig,
+    /// Database connection (used by the store).
+    pub database: DatabaseConfig,
+    /// Redis connection (used by the bus).
+    pub redis: RedisConfig,
+}
+
+/// Listener, identity and logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind; `PORT` overrides it. 0 picks a free port.
+    pub port: u16,
+    /// Name of this instance in `/health`, logs and (later) the bus; empty derives one from the hostname.
+    pub instance_id: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Default log filter when `RUST_LOG` is unset.
+    pub log_level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Database connection.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…`; unset means the embedded SQLite file. `DATABASE_URL` overrides it.
+    pub url: Option<String>,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://…`; unset means the in-process bus. `REDIS_URL` overrides it.
+    pub url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            instance_id: String::new(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded; every variant names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing or typing failed (figment names the key and the source).
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The file named by `RENDEZVOUS_CONFIG` does not exist.
+    #[error("RENDEZVOUS_CONFIG names {0}, which does not exist")]
+    MissingFile(PathBuf),
+    /// A value is out of range.
+    #[error(transparent)]
+    Gateway(#[from] rendezvous_gateway::ConfigError),
+    /// A value outside the gateway section is out of range.
+    #[error("invalid config `{key}`: {problem}")]
+    Invalid {
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads from the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::vars())
+    }
+
+    /// Loads with `vars` standing in for the environment (tests pass their own).
+    pub fn load_from(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(DEFAULT_TOML));
+        if let Some(path) = get("RENDEZVOUS_CONFIG") {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // RENDEZVOUS__GATEWAY__MAX_CONNECTIONS=7 sets gateway.max_connections; values are
+        // parsed like figment's Env provider ("7" is a number, "[a, b]" a list).
+        for (name, raw) in &vars {
+            if let Some(path) = name.strip_prefix("RENDEZVOUS__") {
+                let key = path.to_ascii_lowercase().replace("__", ".");
+                let value: figment::value::Value = raw
+                    .parse()
+                    .unwrap_or_else(|_| figment::value::Value::from(raw.clone()));
+                fig = fig.merge((key, value));
+            }
+        }
+        // Hosting platforms set these plain names.
+        for (var, key) in [
+            ("PORT", "server.port"),
+            ("DATABASE_URL", "database.url"),
+            ("REDIS_URL", "redis.url"),
+        ] {
+            if let Some(v) = get(var).filter(|v| !v.is_empty()) {
+                let value = if var == "PORT" {
+                    let port = v.parse::<u16>().map_err(|_| ConfigError::Invalid {
+                        key: "server.port",
+                        problem: format!("PORT={v:?} is not a port number (0-65535)"),
+                    })?;
+                    figment::value::Value::from(port)
+                } else {
+                    figment::value::Value::from(v)
+                };
+                fig = fig.merge((key, value));
+            }
+        }
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.gateway.validate()?;
+        if self.server.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "server.host",
+                problem: format!("{:?} is not an IP address", self.server.host),
+            });
+        }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "database.url",
+                    problem: "must start with postgres://, postgresql:// or sqlite:".into(),
+                });
+            }
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid {
+                    key: "redis.url",
+                    problem: "must start with redis:// or rediss://".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn default_toml_matches_the_code_defaults() {
+        let from_file: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        assert_eq!(from_file, Config::default());
+        assert_eq!(Config::load_from(env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn production_example_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/production.toml");
+        let c = Config::load_from(env(&[("RENDEZVOUS_CONFIG", path)])).unwrap();
+        assert!(!c.gateway.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn platform_variables_override() {
+        let c = Config::load_from(env(&[
+            ("PORT", "9000"),
+            ("DATABASE_URL", "postgres://x/y"),
+            ("REDIS_URL", "redis://r"),
+        ]))
+        .unwrap();
+        assert_eq!(c.server.port, 9000);
+        assert_eq!(c.database.url.as_deref(), Some("postgres://x/y"));
+        assert_eq!(c.redis.url.as_deref(), Some("redis://r"));
+    }
+
+    #[test]
+    fn nested_variables_override() {
+        let c = Config::load_from(env(&[
+            ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "7"),
+            ("RENDEZVOUS__GATEWAY__HEARTBEAT__INTERVAL_MS", "1000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.gateway.max_connections, 7);
+        assert_eq!(c.gateway.heartbeat.interval_ms, 1000);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (("PORT", "http"), "server.port"),
+            (
+                ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "lots"),
+                "max_connections",
+            ),
+            (
+                ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "0"),
+                "gateway.max_connections",
+            ),
+            (("RENDEZVOUS__GATEWAY__NO_SUCH_KEY", "1"), "no_such_key"),
+            (("RENDEZVOUS__SERVER__HOST", "localhost"), "server.host"),
+            (("DATABASE_URL", "mysql://x"), "database.url"),
+            (("REDIS_URL", "http://x"), "redis.url"),
+            (
+                ("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"),
+                "per_user_policy",
+            ),
+        ];
+        for ((k, v), key) in cases {
+            let err = Config::load_from(env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err =
+            Config::load_from(env(&[("RENDEZVOUS_CONFIG", "/nonexistent.toml")])).unwrap_err();
+        assert!(err.to_string().contains("RENDEZVOUS_CONFIG"));
+    }
+}

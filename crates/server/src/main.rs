@@ -1,0 +1,120 @@
+//! `rendezvous`: load config, bind, serve, drain on SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use rendezvous::{Config, LogFormat, Mode, Server};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+const USAGE: &str = "usage: rendezvous [--echo] [--check-config] [--version] [--help]
+
+  --echo          run the gateway as a plain echo server on / and /ws (no auth), for Autobahn
+  --check-config  load and validate the configuration, print it as JSON, and exit
+
+Configuration: config/default.toml (built in), the file named by RENDEZVOUS_CONFIG,
+then RENDEZVOUS__SECTION__KEY variables, PORT, DATABASE_URL and REDIS_URL.";
+
+fn main() -> ExitCode {
+    let mut mode = Mode::Serve;
+    let mut check_only = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--echo" => mode = Mode::Echo,
+            "--check-config" => check_only = true,
+            "--version" => {
+                println!("rendezvous {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("rendezvous: unknown argument `{other}`\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rendezvous: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rendezvous: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, mode)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("rendezvous: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
+    let addr = (config.server.host.clone(), config.server.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot bind {}:{} (server.host / PORT)", addr.0, addr.1))?;
+    let server = Server::new(config, mode);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    server.run(listener, shutdown, |_| {}).await
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT drains");
+                    let _ = ctrl_c.await;
+                    return token.cancel();
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining");
+    token.cancel();
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.server.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
