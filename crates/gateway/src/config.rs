@@ -337,35 +337,24 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut GatewayConfig)>)> = vec![
-            ("max_connections", Box::new(|c| c.max_connections = 0)),
-            (
-                "max_connections_per_user",
-                Box::new(|c| c.max_connections_per_user = 0),
-            ),
-            ("max_message_bytes", Box::new(|c| c.max_message_bytes = 10)),
-            (
-                "heartbeat.timeout_ms",
-                Box::new(|c| c.heartbeat.timeout_ms = 1),
-            ),
-            (
-                "heartbeat.interval_ms",
-                Box::new(|c| c.heartbeat.interval_ms = 0),
-            ),
-            ("compression.level", Box::new(|c| c.compression.level = 10)),
-            (
-                "outbound_queue.max_bytes",
-                Box::new(|c| c.outbound_queue.max_bytes = 1),
-            ),
-            ("drain.grace_ms", Box::new(|c| c.drain.grace_ms = 1)),
-            (
-                "allowed_origins",
-                Box::new(|c| c.allowed_origins = vec!["example.com".into()]),
-            ),
-            (
-                "websocket_paths",
-                Box::new(|c| c.websocket_paths = vec!["ws".into()]),
-            ),
+        type Mutation = fn(&mut GatewayConfig);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("max_connections", |c| c.max_connections = 0),
+            ("max_connections_per_user", |c| {
+                c.max_connections_per_user = 0
+            }),
+            ("max_message_bytes", |c| c.max_message_bytes = 10),
+            ("heartbeat.timeout_ms", |c| c.heartbeat.timeout_ms = 1),
+            ("heartbeat.interval_ms", |c| c.heartbeat.interval_ms = 0),
+            ("compression.level", |c| c.compression.level = 10),
+            ("outbound_queue.max_bytes", |c| {
+                c.outbound_queue.max_bytes = 1
+            }),
+            ("drain.grace_ms", |c| c.drain.grace_ms = 1),
+            ("allowed_origins", |c| {
+                c.allowed_origins = vec!["example.com".into()]
+            }),
+            ("websocket_paths", |c| c.websocket_paths = vec!["ws".into()]),
         ];
         for (key, mutate) in cases {
             let mut c = GatewayConfig::default();

@@ -216,7 +216,8 @@ async fn accept_loop<A: Authenticator, H: Handler>(
 
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let cfg = &shared.cfg.heartbeat;
-    let mut tick = tokio::time::interval(GatewayConfig::dur(cfg.interval_ms));
+    let period = GatewayConfig::dur(cfg.interval_ms);
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
