@@ -7,3 +7,4 @@ mod lifecycle;
 mod limits;
 mod protocol;
 mod support;
+mod tls;

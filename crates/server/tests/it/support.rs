@@ -105,7 +105,9 @@ impl HttpResponse {
 }
 
 /// Reads one HTTP response head (and a Content-Length body) from `stream`.
-pub async fn read_response(stream: &mut TcpStream) -> (HttpResponse, Vec<u8>) {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> (HttpResponse, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
