@@ -1,0 +1,302 @@
+//! A TTL cache for lookups and lists with single-flight loading: concurrent misses
+//! for one key run one load and share its result (value or error).
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{CacheStats, Counters};
+use crate::error::{SharedError, StoreError};
+
+type Outcome<V> = Option<Result<(V, Instant), SharedError>>;
+
+struct Slot<V> {
+    rx: watch::Receiver<Outcome<V>>,
+}
+
+/// Keys are strings such as `user:<id>:calls:…`, so "everything about a user" is a prefix.
+pub struct QueryCache<V> {
+    slots: Mutex<lru::LruCache<String, Arc<Slot<V>>>>,
+    ttl: Duration,
+    capacity: Mutex<usize>,
+    counters: Counters,
+}
+
+/// Publishes an error to waiters if the loading caller is dropped mid-load.
+struct LoadGuard<'a, V: Clone> {
+    cache: &'a QueryCache<V>,
+    key: &'a str,
+    tx: watch::Sender<Outcome<V>>,
+    slot: Arc<Slot<V>>,
+    done: bool,
+}
+
+impl<V: Clone> Drop for LoadGuard<'_, V> {
+    fn drop(&mut self) {
+        self.cache
+            .counters
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.done {
+            let _ = self.tx.send(Some(Err(SharedError {
+                message: "load cancelled".into(),
+                unavailable: false,
+            })));
+            self.cache.remove_if_same(self.key, &self.slot);
+        }
+    }
+}
+
+impl<V: Clone> QueryCache<V> {
+    /// At most `capacity` keys, each fresh for `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            slots: Mutex::new(lru::LruCache::new(cap)),
+            ttl,
+            capacity: Mutex::new(cap.get()),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Arc<Slot<V>>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remove_if_same(&self, key: &str, slot: &Arc<Slot<V>>) {
+        let mut map = self.lock();
+        if map.peek(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.pop(key);
+        }
+    }
+
+    /// The cached value for `key`, or the result of `load` (run once however many callers miss together).
+    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<V, SharedError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, StoreError>>,
+    {
+        enum Plan<V> {
+            Wait(watch::Receiver<Outcome<V>>),
+            Load(watch::Sender<Outcome<V>>, Arc<Slot<V>>),
+        }
+        let plan = {
+            let mut map = self.lock();
+            let existing = map
+                .get(key)
+                .map(|slot| (slot.clone(), slot.rx.borrow().clone()));
+            match existing {
+                Some((_, Some(Ok((v, at))))) if at.elapsed() < self.ttl => {
+                    Counters::bump(&self.counters.hits, 1);
+                    return Ok(v);
+                }
+                Some((slot, None)) => Plan::Wait(slot.rx.clone()),
+                stale => {
+                    if matches!(stale, Some((_, Some(Ok(_))))) {
+                        Counters::bump(&self.counters.expirations, 1);
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    let slot = Arc::new(Slot { rx });
+                    if let Some((old_key, _)) = map.push(key.to_owned(), slot.clone()) {
+                        if old_key != key {
+                            Counters::bump(&self.counters.evictions, 1);
+                        }
+                    }
+                    Plan::Load(tx, slot)
+                }
+            }
+        };
+        Counters::bump(&self.counters.misses, 1);
+        match plan {
+            Plan::Wait(mut rx) => match rx.wait_for(Option::is_some).await {
+                Ok(outcome) => match outcome.clone() {
+                    Some(Ok((v, _))) => Ok(v),
+                    Some(Err(e)) => Err(e),
+                    None => unreachable_outcome(),
+                },
+                Err(_) => unreachable_outcome(),
+            },
+            Plan::Load(tx, slot) => {
+                Counters::bump(&self.counters.in_flight, 1);
+                Counters::bump(&self.counters.loads, 1);
+                let mut guard = LoadGuard {
+                    cache: self,
+                    key,
+                    tx,
+                    slot,
+                    done: false,
+                };
+                let result = load().await;
+                guard.done = true;
+                match result {
+                    Ok(v) => {
+                        let _ = guard.tx.send(Some(Ok((v.clone(), Instant::now()))));
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        let shared = SharedError::from(&e);
+                        let _ = guard.tx.send(Some(Err(shared.clone())));
+                        self.remove_if_same(key, &guard.slot);
+                        Err(shared)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops one key.
+    pub fn invalidate(&self, key: &str) -> bool {
+        let removed = self.lock().pop(key).is_some();
+        if removed {
+            Counters::bump(&self.counters.invalidations, 1);
+        }
+        removed
+    }
+
+    /// Drops every key starting with `prefix` (e.g. `user:42:`); returns how many.
+    pub fn invalidate_prefix(&self, prefix: &str) -> usize {
+        let mut map = self.lock();
+        let doomed: Vec<String> = map
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &doomed {
+            map.pop(k);
+        }
+        Counters::bump(&self.counters.invalidations, doomed.len() as u64);
+        doomed.len()
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        let mut map = self.lock();
+        Counters::bump(&self.counters.invalidations, map.len() as u64);
+        map.clear();
+    }
+
+    /// Changes the capacity (memory pressure shrinks it).
+    pub fn resize(&self, capacity: usize) {
+        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let mut map = self.lock();
+        let before = map.len();
+        map.resize(cap);
+        Counters::bump(
+            &self.counters.evictions,
+            before.saturating_sub(map.len()) as u64,
+        );
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = cap.get();
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> CacheStats {
+        let size = self.lock().len();
+        self.counters.stats(
+            size,
+            *self.capacity.lock().unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+}
+
+/// The loader always publishes (its guard does on drop), so a waiter cannot see
+/// the channel close empty; answer with an error rather than panic if it ever does.
+fn unreachable_outcome<V>() -> Result<V, SharedError> {
+    Err(SharedError {
+        message: "load ended without a result".into(),
+        unavailable: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn single_flight_runs_one_load_for_many_callers() {
+        let cache = Arc::new(QueryCache::<u32>::new(10, Duration::from_secs(60)));
+        let loads = Arc::new(AtomicU32::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (cache, loads, gate) = (cache.clone(), loads.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("k", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        Ok(7)
+                    })
+                    .await
+            }));
+        }
+        // Let every caller reach the cache before the one load completes.
+        while cache.stats().misses < 1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(cache.stats().loads_in_flight, 1);
+        gate.notify_one();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), 7);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let s = cache.stats();
+        assert_eq!((s.loads, s.misses, s.loads_in_flight), (1, 1000, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_the_ttl() {
+        let cache = QueryCache::<u32>::new(10, Duration::from_secs(60));
+        assert_eq!(cache.get_or_load("k", || async { Ok(1) }).await.unwrap(), 1);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(cache.get_or_load("k", || async { Ok(2) }).await.unwrap(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cache.get_or_load("k", || async { Ok(3) }).await.unwrap(), 3);
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses, s.expirations, s.loads), (1, 2, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn errors_are_shared_and_not_cached() {
+        let cache = QueryCache::<u32>::new(10, Duration::from_secs(60));
+        let err = cache
+            .get_or_load("k", || async { Err(StoreError::NotFound("user")) })
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("not found"));
+        assert_eq!(cache.get_or_load("k", || async { Ok(5) }).await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn prefix_invalidation_drops_only_matching_keys() {
+        let cache = QueryCache::<u32>::new(10, Duration::from_secs(60));
+        for k in ["user:1:calls", "user:1:blocks", "user:12:calls"] {
+            cache.get_or_load(k, || async { Ok(1) }).await.unwrap();
+        }
+        assert_eq!(cache.invalidate_prefix("user:1:"), 2);
+        assert_eq!(cache.stats().size, 1);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_loader_releases_its_waiters() {
+        let cache = Arc::new(QueryCache::<u32>::new(10, Duration::from_secs(60)));
+        let c2 = cache.clone();
+        let loader =
+            tokio::spawn(async move { c2.get_or_load("k", std::future::pending).await });
+        while cache.stats().loads_in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        let c3 = cache.clone();
+        let waiter = tokio::spawn(async move { c3.get_or_load("k", || async { Ok(9) }).await });
+        while cache.stats().misses < 2 {
+            tokio::task::yield_now().await;
+        }
+        loader.abort();
+        assert!(waiter.await.unwrap().is_err());
+        assert_eq!(cache.get_or_load("k", || async { Ok(9) }).await.unwrap(), 9);
+    }
+}

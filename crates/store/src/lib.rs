@@ -1,0 +1,32 @@
+//! The Rendezvous store: users, sessions, call history, cooldowns, blocks and
+//! reports in Postgres (or an embedded SQLite file), behind a user LRU, a session
+//! LRU and a 60 s query cache with single-flight loading. Writes invalidate locally
+//! and over the bus so other instances drop their copies. It knows no sockets.
+//!
+//! # Layout
+//! - [`Store`]: the API the server uses; share it as `Arc<Store>`.
+//! - [`DatabaseConfig`], [`StoreConfig`]: the `[database]` and `[store]` sections.
+//! - `db`: one set of runtime queries over either backend; migrations per backend
+//!   in `migrations/postgres` and `migrations/sqlite`, embedded and applied at start.
+//! - `cache`: [`CountingLru`] and [`QueryCache`], both reporting [`CacheStats`].
+//! - [`Invalidation`]: what instances tell each other after a write.
+
+mod activity;
+mod cache;
+mod config;
+mod db;
+mod error;
+mod invalidation;
+mod model;
+mod store;
+
+pub use activity::ActivityStats;
+pub use cache::{CacheStats, CountingLru, QueryCache};
+pub use config::{ConfigError, DatabaseConfig, StoreConfig};
+pub use db::{Db, PoolStats};
+pub use error::{SharedError, StoreError};
+pub use invalidation::{INVALIDATION_TOPIC, Invalidation, Revocation};
+pub use model::{
+    AuthSession, Call, GENDERS, Invalid, IssuedSession, NewUser, Session, User, UserPatch,
+};
+pub use store::{Store, StoreStats, now_ms};

@@ -1,0 +1,569 @@
+//! The store: database plus caches, invalidation over the bus, write-behind and cleanup.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use rendezvous_bus::{Bus, Received};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::activity::{ActivityBuffer, ActivityStats};
+use crate::cache::{CacheStats, CountingLru, QueryCache};
+use crate::config::{DatabaseConfig, StoreConfig};
+use crate::db::{Db, PoolStats};
+use crate::error::{SharedError, StoreError};
+use crate::invalidation::{INVALIDATION_TOPIC, Invalidation, Revocation};
+use crate::model::{AuthSession, Call, IssuedSession, NewUser, Session, User, UserPatch};
+
+/// Values the query cache holds.
+#[derive(Debug, Clone)]
+enum Cached {
+    User(Option<User>),
+    Session(Option<AuthSession>),
+    Calls(Arc<Vec<Call>>),
+    Blocks(Arc<Vec<String>>),
+    Cooldown(Option<i64>),
+}
+
+type TokenHash = [u8; 32];
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Everything `/health` shows about the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStats {
+    /// User LRU.
+    pub users: CacheStats,
+    /// Session LRU.
+    pub sessions: CacheStats,
+    /// Query cache.
+    pub queries: CacheStats,
+    /// Database pool.
+    pub pool: PoolStats,
+    /// `last_active` write-behind.
+    pub activity: ActivityStats,
+}
+
+/// Users, sessions, calls, cooldowns and blocks behind caches. Share it as `Arc<Store>`.
+pub struct Store {
+    db: Db,
+    cfg: StoreConfig,
+    users: CountingLru<String, User>,
+    sessions: CountingLru<TokenHash, AuthSession>,
+    queries: QueryCache<Cached>,
+    activity: ActivityBuffer,
+    bus: Bus,
+    revocations: broadcast::Sender<Revocation>,
+}
+
+fn shared_to_store(e: SharedError) -> StoreError {
+    if e.unavailable {
+        StoreError::Unavailable(sqlx::Error::Protocol(e.message))
+    } else {
+        StoreError::Database(sqlx::Error::Protocol(e.message))
+    }
+}
+
+impl Store {
+    /// Connects, migrates and builds the caches. Call [`Store::spawn_background`] next.
+    pub async fn open(
+        db: &DatabaseConfig,
+        cfg: StoreConfig,
+        bus: Bus,
+    ) -> Result<Arc<Store>, StoreError> {
+        let db = Db::connect(
+            &db.effective_url(),
+            db.max_connections,
+            Duration::from_millis(db.acquire_timeout_ms),
+        )
+        .await?;
+        Ok(Arc::new(Store {
+            users: CountingLru::new(cfg.user_cache_capacity),
+            sessions: CountingLru::new(cfg.session_cache_capacity),
+            queries: QueryCache::new(
+                cfg.query_cache_capacity,
+                Duration::from_millis(cfg.query_cache_ttl_ms),
+            ),
+            activity: ActivityBuffer::new(cfg.activity_buffer_max),
+            revocations: broadcast::channel(cfg.bus_capacity).0,
+            db,
+            cfg,
+            bus,
+        }))
+    }
+
+    /// The database (for statement counts and pool figures).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Session revocations, local and from other instances; the server closes matching connections.
+    pub fn revocations(&self) -> broadcast::Receiver<Revocation> {
+        self.revocations.subscribe()
+    }
+
+    /// Starts write-behind flushing, cleanup and the invalidation listener. On
+    /// `shutdown` they stop and the write-behind buffer is flushed one last time.
+    pub fn spawn_background(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let mut sub = self.bus.subscribe(INVALIDATION_TOPIC);
+        let me = self.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = sub.recv() => r,
+                };
+                match received {
+                    None => return,
+                    Some(Received::Lagged(n)) => {
+                        warn!(missed = n, "invalidation stream lagged; clearing every cache");
+                        me.clear_caches();
+                    }
+                    Some(Received::Message(m)) if *m.origin == *me.bus.instance() => {}
+                    Some(Received::Message(m)) => match serde_json::from_slice::<Invalidation>(&m.payload) {
+                        Ok(inv) => me.apply(&inv),
+                        Err(e) => warn!(error = %e, origin = %m.origin, "unreadable invalidation; clearing every cache"),
+                    },
+                }
+            }
+        });
+        let me = self.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let period = Duration::from_millis(me.cfg.activity_flush_ms);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => { let _ = me.flush_activity().await; }
+                }
+            }
+            match me.flush_activity().await {
+                Ok(n) => info!(rows = n, "final last_active flush"),
+                Err(e) => warn!(error = %e, pending = me.activity.stats().pending, "final last_active flush failed"),
+            }
+        });
+        let me = self.clone();
+        tracker.spawn(async move {
+            let period = Duration::from_millis(me.cfg.cleanup_interval_ms);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => match me.db.cleanup(now_ms()).await {
+                        Ok((s, c)) if s + c > 0 => debug!(sessions = s, cooldowns = c, "expired rows deleted"),
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "cleanup failed"),
+                    },
+                }
+            }
+        });
+    }
+
+    fn apply(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::User { user_id } => {
+                self.users.invalidate(user_id);
+                self.queries.invalidate_prefix(&format!("user:{user_id}:"));
+            }
+            Invalidation::Session { session_id, .. } => {
+                self.sessions
+                    .invalidate_where(|_, s| s.session_id == *session_id);
+                self.queries.invalidate_prefix("session:");
+            }
+            Invalidation::UserSessions { user_id } => {
+                self.sessions.invalidate_where(|_, s| s.user_id == *user_id);
+                self.queries.invalidate_prefix("session:");
+            }
+            Invalidation::Key { key } => {
+                self.queries.invalidate(key);
+            }
+        }
+        if let Some(r) = inv.revocation() {
+            let _ = self.revocations.send(r);
+        }
+    }
+
+    /// Applies an invalidation here and tells every other instance.
+    fn invalidate(&self, inv: Invalidation) {
+        self.apply(&inv);
+        match serde_json::to_vec(&inv) {
+            Ok(bytes) => {
+                self.bus.publish(INVALIDATION_TOPIC, Bytes::from(bytes));
+            }
+            Err(e) => warn!(error = %e, "cannot encode invalidation"),
+        }
+    }
+
+    /// Drops every cached entry.
+    pub fn clear_caches(&self) {
+        self.users.clear();
+        self.sessions.clear();
+        self.queries.clear();
+    }
+
+    /// Shrinks (factor < 1) or restores (factor = 1) cache capacities under memory pressure.
+    pub fn scale_caches(&self, factor: f64) {
+        let scale = |n: usize| ((n as f64 * factor) as usize).max(1);
+        self.users.resize(scale(self.cfg.user_cache_capacity));
+        self.sessions.resize(scale(self.cfg.session_cache_capacity));
+        self.queries.resize(scale(self.cfg.query_cache_capacity));
+    }
+
+    /// Cache, pool and write-behind figures.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            users: self.users.stats(),
+            sessions: self.sessions.stats(),
+            queries: self.queries.stats(),
+            pool: self.db.pool_stats(),
+            activity: self.activity.stats(),
+        }
+    }
+
+    /// Creates a user.
+    pub async fn create_user(&self, new: NewUser) -> Result<User, StoreError> {
+        new.validate()?;
+        let now = now_ms();
+        let user = User {
+            id: uuid::Uuid::new_v4().to_string(),
+            display_name: new.display_name.trim().to_owned(),
+            gender: new.gender.unwrap_or_else(|| "unspecified".into()),
+            selfie_url: new.selfie_url,
+            video_url: new.video_url,
+            bio: new.bio.unwrap_or_default(),
+            socials: new.socials.unwrap_or_default(),
+            created_at: now,
+            last_active: now,
+            banned: false,
+        };
+        self.db.insert_user(&user).await?;
+        // A lookup that missed before creation may have cached "no such user".
+        self.invalidate(Invalidation::User {
+            user_id: user.id.clone(),
+        });
+        Ok(user)
+    }
+
+    /// A user by id: user LRU, then the database (one query however many callers miss at once).
+    pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        if let Some(u) = self.users.get(&id.to_owned()) {
+            return Ok(Some(u));
+        }
+        let loaded = self
+            .queries
+            .get_or_load(&format!("user:{id}:profile"), || async {
+                Ok(Cached::User(self.db.user(id).await?))
+            })
+            .await
+            .map_err(shared_to_store)?;
+        match loaded {
+            Cached::User(Some(u)) => {
+                self.users.put(u.id.clone(), u.clone());
+                Ok(Some(u))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies `patch` to a user.
+    pub async fn update_user(&self, id: &str, patch: UserPatch) -> Result<User, StoreError> {
+        patch.validate()?;
+        let mut user = self
+            .db
+            .user(id)
+            .await?
+            .ok_or(StoreError::NotFound("user"))?;
+        patch.apply(&mut user);
+        if !self.db.update_user(&user).await? {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.invalidate(Invalidation::User {
+            user_id: id.to_owned(),
+        });
+        if patch.banned == Some(true) {
+            self.invalidate(Invalidation::UserSessions {
+                user_id: id.to_owned(),
+            });
+        }
+        Ok(user)
+    }
+
+    /// Deletes a user with their sessions, calls, cooldowns and blocks.
+    pub async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+        if !self.db.delete_user(id).await? {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.invalidate(Invalidation::User {
+            user_id: id.to_owned(),
+        });
+        self.invalidate(Invalidation::UserSessions {
+            user_id: id.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Issues a session token (at least 128 bits; here 256) for an existing user.
+    pub async fn issue_session(
+        &self,
+        user_id: &str,
+        ttl: Option<Duration>,
+        user_agent: Option<String>,
+        ip: Option<String>,
+    ) -> Result<IssuedSession, StoreError> {
+        if self.user(user_id).await?.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let raw: [u8; 32] = rand::random();
+        let token = format!("rv_{}", URL_SAFE_NO_PAD.encode(raw));
+        let now = now_ms();
+        let max = Duration::from_millis(self.cfg.session_ttl_ms);
+        let ttl = ttl.map_or(max, |t| t.min(max));
+        let session = Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_id: user_id.to_owned(),
+            created_at: now,
+            expires_at: now + ttl.as_millis() as i64,
+            revoked_at: None,
+            user_agent,
+            ip,
+        };
+        self.db
+            .insert_session(&session, &hash_token(&token))
+            .await?;
+        Ok(IssuedSession { token, session })
+    }
+
+    /// Resolves a token: session LRU, then the database. `Ok(None)` means invalid,
+    /// expired, revoked or banned; `Err` means the database could not be asked.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<AuthSession>, StoreError> {
+        let hash = hash_token(token);
+        let now = now_ms();
+        if let Some(s) = self.sessions.get(&hash) {
+            if s.expires_at > now {
+                return Ok(Some(s));
+            }
+            self.sessions.invalidate(&hash);
+        }
+        let key = format!("session:{}", URL_SAFE_NO_PAD.encode(hash));
+        let loaded = self
+            .queries
+            .get_or_load(&key, || async {
+                Ok(Cached::Session(self.db.session_by_hash(&hash, now).await?))
+            })
+            .await
+            .map_err(shared_to_store)?;
+        // Negative answers are not kept: a token issued a moment later must work at once.
+        self.queries.invalidate(&key);
+        match loaded {
+            Cached::Session(Some(s)) => {
+                self.sessions.put(hash, s.clone());
+                Ok(Some(s))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Revokes one session everywhere; its live connections close within a second.
+    pub async fn revoke_session(&self, session_id: &str) -> Result<(), StoreError> {
+        let owner = self
+            .db
+            .revoke_session(session_id, now_ms())
+            .await?
+            .ok_or(StoreError::NotFound("session"))?;
+        self.invalidate(Invalidation::Session {
+            session_id: session_id.to_owned(),
+            user_id: owner,
+        });
+        Ok(())
+    }
+
+    /// Revokes every session of a user; returns how many were live.
+    pub async fn revoke_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
+        let ids = self.db.revoke_user_sessions(user_id, now_ms()).await?;
+        self.invalidate(Invalidation::UserSessions {
+            user_id: user_id.to_owned(),
+        });
+        Ok(ids.len())
+    }
+
+    /// A user's sessions, newest first (tokens are not recoverable).
+    pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        self.db.sessions_of(user_id).await
+    }
+
+    /// Records the start of a call.
+    pub async fn start_call(&self, user_a: &str, user_b: &str) -> Result<Call, StoreError> {
+        let call = Call {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_a: user_a.to_owned(),
+            user_b: user_b.to_owned(),
+            started_at: now_ms(),
+            ended_at: None,
+            end_reason: None,
+        };
+        self.db.insert_call(&call).await?;
+        self.invalidate_calls(user_a, user_b);
+        Ok(call)
+    }
+
+    /// Records the end of a call.
+    pub async fn end_call(&self, call: &Call, reason: &str) -> Result<(), StoreError> {
+        self.db.end_call(&call.id, now_ms(), reason).await?;
+        self.invalidate_calls(&call.user_a, &call.user_b);
+        Ok(())
+    }
+
+    fn invalidate_calls(&self, a: &str, b: &str) {
+        for user in [a, b] {
+            self.invalidate(Invalidation::User {
+                user_id: user.to_owned(),
+            });
+        }
+    }
+
+    /// A user's call history, newest first, cached for the query-cache TTL.
+    pub async fn calls_of(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Arc<Vec<Call>>, StoreError> {
+        let before = before.unwrap_or(i64::MAX);
+        let key = format!("user:{user_id}:calls:{before}:{limit}");
+        match self
+            .queries
+            .get_or_load(&key, || async {
+                Ok(Cached::Calls(Arc::new(
+                    self.db.calls_of(user_id, before, limit).await?,
+                )))
+            })
+            .await
+        {
+            Ok(Cached::Calls(c)) => Ok(c),
+            Ok(_) => Ok(Arc::default()),
+            Err(e) => Err(shared_to_store(e)),
+        }
+    }
+
+    /// Starts (or extends) a cooldown between two users.
+    pub async fn put_cooldown(&self, a: &str, b: &str, until: i64) -> Result<(), StoreError> {
+        self.db.put_cooldown(a, b, until).await?;
+        self.invalidate(Invalidation::Key {
+            key: pair_key(a, b),
+        });
+        Ok(())
+    }
+
+    /// Whether two users are in a cooldown right now.
+    pub async fn in_cooldown(&self, a: &str, b: &str) -> Result<bool, StoreError> {
+        let key = pair_key(a, b);
+        match self
+            .queries
+            .get_or_load(&key, || async {
+                Ok(Cached::Cooldown(self.db.cooldown_until(a, b).await?))
+            })
+            .await
+        {
+            Ok(Cached::Cooldown(Some(until))) => Ok(until > now_ms()),
+            Ok(_) => Ok(false),
+            Err(e) => Err(shared_to_store(e)),
+        }
+    }
+
+    /// `blocker` blocks `blocked`.
+    pub async fn block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
+        self.db.put_block(blocker, blocked, now_ms()).await?;
+        self.invalidate(Invalidation::User {
+            user_id: blocker.to_owned(),
+        });
+        self.invalidate(Invalidation::User {
+            user_id: blocked.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Users that `user_id` blocked or was blocked by.
+    pub async fn blocks_of(&self, user_id: &str) -> Result<Arc<Vec<String>>, StoreError> {
+        let key = format!("user:{user_id}:blocks");
+        match self
+            .queries
+            .get_or_load(&key, || async {
+                Ok(Cached::Blocks(Arc::new(self.db.blocks_of(user_id).await?)))
+            })
+            .await
+        {
+            Ok(Cached::Blocks(b)) => Ok(b),
+            Ok(_) => Ok(Arc::default()),
+            Err(e) => Err(shared_to_store(e)),
+        }
+    }
+
+    /// Files a report.
+    pub async fn report(
+        &self,
+        reporter: &str,
+        reported: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.db
+            .insert_report(
+                &uuid::Uuid::new_v4().to_string(),
+                reporter,
+                reported,
+                reason,
+                now_ms(),
+            )
+            .await
+    }
+
+    /// Notes that a user was active now; written behind in batches.
+    pub fn touch(&self, user_id: &str) {
+        self.activity.touch(user_id, now_ms());
+    }
+
+    /// Writes buffered activity now; on failure the rows are kept for the next try.
+    pub async fn flush_activity(&self) -> Result<usize, StoreError> {
+        let batch = self.activity.take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match self.db.touch_many(&batch).await {
+            Ok(()) => {
+                self.activity.flushed(batch.len());
+                Ok(batch.len())
+            }
+            Err(e) => {
+                self.activity.restore(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes expired sessions and cooldowns now.
+    pub async fn cleanup(&self) -> Result<(u64, u64), StoreError> {
+        self.db.cleanup(now_ms()).await
+    }
+}
+
+fn pair_key(a: &str, b: &str) -> String {
+    let (a, b) = if a <= b { (a, b) } else { (b, a) };
+    format!("pair:{a}:{b}:cooldown")
+}
