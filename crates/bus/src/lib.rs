@@ -62,24 +62,15 @@ struct InProcess {
 impl Bus {
     /// A new in-process bus whose subscribers buffer at most `capacity` messages per topic.
     pub fn in_process(instance: impl Into<Arc<str>>, capacity: usize) -> Self {
-        let shared = Arc::new(InProcess {
-            topics: DashMap::new(),
-            capacity: capacity.max(1),
-            stats: BusStats::default(),
-        });
-        Self {
-            instance: instance.into(),
-            shared,
-        }
+        let shared =
+            Arc::new(InProcess { topics: DashMap::new(), capacity: capacity.max(1), stats: BusStats::default() });
+        Self { instance: instance.into(), shared }
     }
 
     /// Another handle on the same transport, publishing as `instance` (tests use this to
     /// stand up two instances in one process).
     pub fn as_instance(&self, instance: impl Into<Arc<str>>) -> Self {
-        Self {
-            instance: instance.into(),
-            shared: self.shared.clone(),
-        }
+        Self { instance: instance.into(), shared: self.shared.clone() }
     }
 
     /// This handle's instance name.
@@ -90,10 +81,7 @@ impl Bus {
     /// Publishes `payload` on `topic`; returns how many subscribers will see it.
     pub fn publish(&self, topic: &str, payload: Bytes) -> usize {
         self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
-        let msg = BusMessage {
-            origin: self.instance.clone(),
-            payload,
-        };
+        let msg = BusMessage { origin: self.instance.clone(), payload };
         match self.shared.topics.get(topic) {
             Some(tx) => tx.send(msg).unwrap_or(0),
             None => 0,
@@ -108,10 +96,7 @@ impl Bus {
             .entry(topic.to_owned())
             .or_insert_with(|| broadcast::channel(self.shared.capacity).0)
             .subscribe();
-        Subscription {
-            rx,
-            shared: self.shared.clone(),
-        }
+        Subscription { rx, shared: self.shared.clone() }
     }
 
     /// Transport name for `/health`.
@@ -121,10 +106,7 @@ impl Bus {
 
     /// Counters for `/health`.
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.shared.stats.published.load(Ordering::Relaxed),
-            self.shared.stats.lagged.load(Ordering::Relaxed),
-        )
+        (self.shared.stats.published.load(Ordering::Relaxed), self.shared.stats.lagged.load(Ordering::Relaxed))
     }
 }
 

@@ -160,59 +160,37 @@ impl Default for GatewayConfig {
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            threshold_bytes: 1024,
-            level: 6,
-        }
+        Self { enabled: true, threshold_bytes: 1024, level: 6 }
     }
 }
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        Self {
-            interval_ms: 20_000,
-            timeout_ms: 45_000,
-        }
+        Self { interval_ms: 20_000, timeout_ms: 45_000 }
     }
 }
 
 impl Default for OutboundQueueConfig {
     fn default() -> Self {
-        Self {
-            max_messages: 256,
-            max_bytes: 1024 * 1024,
-        }
+        Self { max_messages: 256, max_bytes: 1024 * 1024 }
     }
 }
 
 impl Default for MessageRateConfig {
     fn default() -> Self {
-        Self {
-            per_second: 20,
-            burst: 40,
-            violations_before_close: 20,
-            violation_window_ms: 10_000,
-        }
+        Self { per_second: 20, burst: 40, violations_before_close: 20, violation_window_ms: 10_000 }
     }
 }
 
 impl Default for ConnectRateConfig {
     fn default() -> Self {
-        Self {
-            per_second: 10,
-            burst: 30,
-            prune_interval_ms: 60_000,
-        }
+        Self { per_second: 10, burst: 30, prune_interval_ms: 60_000 }
     }
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        Self {
-            window_ms: 10_000,
-            grace_ms: 30_000,
-        }
+        Self { window_ms: 10_000, grace_ms: 30_000 }
     }
 }
 
@@ -227,22 +205,14 @@ pub struct ConfigError {
 }
 
 fn bad(key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-    Err(ConfigError {
-        key,
-        problem: problem.into(),
-    })
+    Err(ConfigError { key, problem: problem.into() })
 }
 
 impl GatewayConfig {
     /// Checks every value; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.websocket_paths.is_empty()
-            || self.websocket_paths.iter().any(|p| !p.starts_with('/'))
-        {
-            return bad(
-                "websocket_paths",
-                "must list at least one path, each starting with `/`",
-            );
+        if self.websocket_paths.is_empty() || self.websocket_paths.iter().any(|p| !p.starts_with('/')) {
+            return bad("websocket_paths", "must list at least one path, each starting with `/`");
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
@@ -259,24 +229,15 @@ impl GatewayConfig {
             ("close_timeout_ms", self.close_timeout_ms),
             ("heartbeat.interval_ms", self.heartbeat.interval_ms),
             ("heartbeat.timeout_ms", self.heartbeat.timeout_ms),
-            (
-                "connect_rate.prune_interval_ms",
-                self.connect_rate.prune_interval_ms,
-            ),
-            (
-                "message_rate.violation_window_ms",
-                self.message_rate.violation_window_ms,
-            ),
+            ("connect_rate.prune_interval_ms", self.connect_rate.prune_interval_ms),
+            ("message_rate.violation_window_ms", self.message_rate.violation_window_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0");
             }
         }
         if self.heartbeat.timeout_ms < self.heartbeat.interval_ms {
-            return bad(
-                "heartbeat.timeout_ms",
-                "must be at least heartbeat.interval_ms, or every peer times out",
-            );
+            return bad("heartbeat.timeout_ms", "must be at least heartbeat.interval_ms, or every peer times out");
         }
         if self.compression.level > 9 {
             return bad("compression.level", "must be between 0 and 9");
@@ -291,32 +252,20 @@ impl GatewayConfig {
             );
         }
         if self.message_rate.per_second > 0 && self.message_rate.burst == 0 {
-            return bad(
-                "message_rate.burst",
-                "must be at least 1 when the limit is on",
-            );
+            return bad("message_rate.burst", "must be at least 1 when the limit is on");
         }
         if self.message_rate.violations_before_close == 0 {
             return bad("message_rate.violations_before_close", "must be at least 1");
         }
         if self.connect_rate.per_second > 0 && self.connect_rate.burst == 0 {
-            return bad(
-                "connect_rate.burst",
-                "must be at least 1 when the limit is on",
-            );
+            return bad("connect_rate.burst", "must be at least 1 when the limit is on");
         }
         if self.drain.grace_ms < self.drain.window_ms {
             return bad("drain.grace_ms", "must be at least drain.window_ms");
         }
-        if let Some(o) = self
-            .allowed_origins
-            .iter()
-            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        if let Some(o) = self.allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
         {
-            return bad(
-                "allowed_origins",
-                format!("`{o}` is not an http(s) origin such as https://app.example.com"),
-            );
+            return bad("allowed_origins", format!("`{o}` is not an http(s) origin such as https://app.example.com"));
         }
         Ok(())
     }
@@ -340,20 +289,14 @@ mod tests {
         type Mutation = fn(&mut GatewayConfig);
         let cases: Vec<(&str, Mutation)> = vec![
             ("max_connections", |c| c.max_connections = 0),
-            ("max_connections_per_user", |c| {
-                c.max_connections_per_user = 0
-            }),
+            ("max_connections_per_user", |c| c.max_connections_per_user = 0),
             ("max_message_bytes", |c| c.max_message_bytes = 10),
             ("heartbeat.timeout_ms", |c| c.heartbeat.timeout_ms = 1),
             ("heartbeat.interval_ms", |c| c.heartbeat.interval_ms = 0),
             ("compression.level", |c| c.compression.level = 10),
-            ("outbound_queue.max_bytes", |c| {
-                c.outbound_queue.max_bytes = 1
-            }),
+            ("outbound_queue.max_bytes", |c| c.outbound_queue.max_bytes = 1),
             ("drain.grace_ms", |c| c.drain.grace_ms = 1),
-            ("allowed_origins", |c| {
-                c.allowed_origins = vec!["example.com".into()]
-            }),
+            ("allowed_origins", |c| c.allowed_origins = vec!["example.com".into()]),
             ("websocket_paths", |c| c.websocket_paths = vec!["ws".into()]),
         ];
         for (key, mutate) in cases {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use rendezvous_protocol::CloseCode;
 use tokio::sync::Notify;
 
+use crate::handler::Identity;
 use crate::outbound::{Outbound, SharedMessage};
 use crate::ws::deflate::DeflateParams;
 
@@ -40,6 +41,7 @@ pub(crate) struct Queue {
 pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) user_id: Arc<str>,
+    pub(crate) session_id: Option<Arc<str>>,
     pub(crate) peer: IpAddr,
     pub(crate) deflate: Option<DeflateParams>,
     queue: Mutex<Queue>,
@@ -55,17 +57,14 @@ pub struct Connection(pub(crate) Arc<ConnShared>);
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("id", &self.0.id)
-            .field("user_id", &self.0.user_id)
-            .finish()
+        f.debug_struct("Connection").field("id", &self.0.id).field("user_id", &self.0.user_id).finish()
     }
 }
 
 impl Connection {
     pub(crate) fn new(
         id: u64,
-        user_id: Arc<str>,
+        identity: Identity,
         peer: IpAddr,
         deflate: Option<DeflateParams>,
         max_messages: usize,
@@ -74,20 +73,14 @@ impl Connection {
     ) -> Self {
         Self(Arc::new(ConnShared {
             id,
-            user_id,
+            user_id: identity.user_id,
+            session_id: identity.session_id,
             peer,
             deflate,
-            queue: Mutex::new(Queue {
-                items: VecDeque::new(),
-                bytes: 0,
-                close: None,
-            }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, close: None }),
             wake: Notify::new(),
             last_seen_ms: AtomicU64::new(now_ms),
-            limits: (
-                max_messages.min(u32::MAX as usize) as u32,
-                max_bytes.min(u32::MAX as usize) as u32,
-            ),
+            limits: (max_messages.min(u32::MAX as usize) as u32, max_bytes.min(u32::MAX as usize) as u32),
         }))
     }
 
@@ -99,6 +92,11 @@ impl Connection {
     /// The authenticated user.
     pub fn user_id(&self) -> &str {
         &self.0.user_id
+    }
+
+    /// The session behind the connection's token, if the authenticator named one.
+    pub fn session_id(&self) -> Option<&str> {
+        self.0.session_id.as_deref()
     }
 
     /// The client address (after trusted `X-Forwarded-For`).
@@ -132,10 +130,7 @@ impl Connection {
             // Nothing queued will be delivered once we close, so free it now.
             q.items = VecDeque::new();
             q.bytes = 0;
-            q.close = Some(CloseRequest {
-                code: CloseCode::PolicyViolation,
-                reason: Cow::Borrowed("slow consumer"),
-            });
+            q.close = Some(CloseRequest { code: CloseCode::PolicyViolation, reason: Cow::Borrowed("slow consumer") });
             drop(q);
             self.0.wake.notify_one();
             return Err(SendError::SlowConsumer);
@@ -151,10 +146,7 @@ impl Connection {
     pub fn close(&self, code: CloseCode, reason: impl Into<Cow<'static, str>>) {
         let mut q = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.close.is_none() {
-            q.close = Some(CloseRequest {
-                code,
-                reason: reason.into(),
-            });
+            q.close = Some(CloseRequest { code, reason: reason.into() });
         }
         drop(q);
         self.0.wake.notify_one();
@@ -162,12 +154,7 @@ impl Connection {
 
     /// Whether a close has been requested.
     pub fn is_closing(&self) -> bool {
-        self.0
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .close
-            .is_some()
+        self.0.queue.lock().unwrap_or_else(|e| e.into_inner()).close.is_some()
     }
 
     /// Takes everything queued, and the close request if any.
@@ -191,15 +178,7 @@ mod tests {
     use super::*;
 
     fn conn(max_messages: usize, max_bytes: usize) -> Connection {
-        Connection::new(
-            1,
-            "u".into(),
-            IpAddr::from([127, 0, 0, 1]),
-            None,
-            max_messages,
-            max_bytes,
-            0,
-        )
+        Connection::new(1, Identity::user("u"), IpAddr::from([127, 0, 0, 1]), None, max_messages, max_bytes, 0)
     }
 
     #[test]

@@ -41,14 +41,14 @@ impl Shared {
 
     pub(crate) fn new_connection(
         &self,
-        user_id: Arc<str>,
+        identity: crate::handler::Identity,
         peer: std::net::IpAddr,
         deflate: Option<crate::ws::deflate::DeflateParams>,
     ) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         Connection::new(
             id,
-            user_id,
+            identity,
             peer,
             deflate,
             self.cfg.outbound_queue.max_messages,
@@ -96,11 +96,7 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             tls,
             cfg,
         });
-        Ok(Self {
-            shared,
-            auth: Arc::new(auth),
-            handler: Arc::new(handler),
-        })
+        Ok(Self { shared, auth: Arc::new(auth), handler: Arc::new(handler) })
     }
 
     /// A handle for stats, lookups and broadcasts.
@@ -150,11 +146,7 @@ impl GatewayHandle {
         ConnectionStats {
             users,
             total,
-            average_per_user: if users == 0 {
-                0.0
-            } else {
-                total as f64 / users as f64
-            },
+            average_per_user: if users == 0 { 0.0 } else { total as f64 / users as f64 },
             limit,
             utilization: total as f64 / limit as f64,
             per_user_limit: self.0.cfg.max_connections_per_user,
@@ -181,9 +173,7 @@ impl GatewayHandle {
     /// Queues `msg` on every open connection; returns how many accepted it.
     pub fn broadcast(&self, msg: &SharedMessage) -> usize {
         let mut n = 0;
-        self.0
-            .registry
-            .for_each(|c| n += usize::from(c.send(msg).is_ok()));
+        self.0.registry.for_each(|c| n += usize::from(c.send(msg).is_ok()));
         n
     }
 

@@ -11,6 +11,15 @@ use crate::ws::reader::Message;
 pub struct Identity {
     /// The user id; the per-user cap counts connections by it.
     pub user_id: Arc<str>,
+    /// The session the token belongs to, so a revocation can find its connections.
+    pub session_id: Option<Arc<str>>,
+}
+
+impl Identity {
+    /// An identity without a session (development tokens, anonymous echo).
+    pub fn user(user_id: impl Into<Arc<str>>) -> Self {
+        Self { user_id: user_id.into(), session_id: None }
+    }
 }
 
 /// Why a token was not accepted.
@@ -30,10 +39,7 @@ pub enum AuthError {
 /// Resolves the session token of an upgrade request to an [`Identity`].
 pub trait Authenticator: Send + Sync + 'static {
     /// `token` is the `?token=` query parameter or the `Authorization: Bearer` value.
-    fn authenticate(
-        &self,
-        token: Option<&str>,
-    ) -> impl Future<Output = Result<Identity, AuthError>> + Send;
+    fn authenticate(&self, token: Option<&str>) -> impl Future<Output = Result<Identity, AuthError>> + Send;
 }
 
 /// The domain logic behind the gateway. Calls for one connection never overlap.

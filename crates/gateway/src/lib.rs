@@ -27,8 +27,8 @@ mod upgrade;
 pub mod ws;
 
 pub use config::{
-    CompressionConfig, ConfigError, ConnectRateConfig, DrainConfig, GatewayConfig, HeartbeatConfig,
-    MessageRateConfig, OutboundQueueConfig, PerUserPolicy, TlsConfig,
+    CompressionConfig, ConfigError, ConnectRateConfig, DrainConfig, GatewayConfig, HeartbeatConfig, MessageRateConfig,
+    OutboundQueueConfig, PerUserPolicy, TlsConfig,
 };
 pub use conn::{Connection, SendError};
 pub use error::GatewayError;

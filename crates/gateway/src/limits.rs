@@ -25,15 +25,12 @@ impl Clock for TokioClock {
     }
 }
 
-type Keyed =
-    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<std::time::Instant>>;
+type Keyed = RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<std::time::Instant>>;
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
 
 fn quota(per_period: Duration, burst: u32) -> Quota {
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(per_period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst)
+    Quota::with_period(per_period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst)
 }
 
 /// Per-IP upgrade-attempt limiter. Its map only shrinks when [`ConnectLimiter::prune`] runs.
@@ -57,9 +54,7 @@ impl ConnectLimiter {
     pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.limiter {
             None => Ok(()),
-            Some(l) => l
-                .check_key(&ip)
-                .map_err(|n| n.wait_time_from(TokioClock.now())),
+            Some(l) => l.check_key(&ip).map_err(|n| n.wait_time_from(TokioClock.now())),
         }
     }
 
@@ -96,19 +91,11 @@ pub(crate) struct MessageLimiter {
 impl MessageLimiter {
     pub(crate) fn new(cfg: &MessageRateConfig) -> Self {
         let messages = (cfg.per_second > 0).then(|| {
-            RateLimiter::direct_with_clock(
-                quota(Duration::from_secs(1) / cfg.per_second, cfg.burst),
-                TokioClock,
-            )
+            RateLimiter::direct_with_clock(quota(Duration::from_secs(1) / cfg.per_second, cfg.burst), TokioClock)
         });
-        let per =
-            Duration::from_millis(cfg.violation_window_ms) / cfg.violations_before_close.max(1);
-        let violations =
-            RateLimiter::direct_with_clock(quota(per, cfg.violations_before_close), TokioClock);
-        Self {
-            messages,
-            violations,
-        }
+        let per = Duration::from_millis(cfg.violation_window_ms) / cfg.violations_before_close.max(1);
+        let violations = RateLimiter::direct_with_clock(quota(per, cfg.violations_before_close), TokioClock);
+        Self { messages, violations }
     }
 
     pub(crate) fn check(&self) -> Verdict {
@@ -127,12 +114,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn message_limit_refuses_then_closes_then_recovers() {
-        let cfg = MessageRateConfig {
-            per_second: 10,
-            burst: 5,
-            violations_before_close: 3,
-            violation_window_ms: 10_000,
-        };
+        let cfg =
+            MessageRateConfig { per_second: 10, burst: 5, violations_before_close: 3, violation_window_ms: 10_000 };
         let l = MessageLimiter::new(&cfg);
         for _ in 0..5 {
             assert_eq!(l.check(), Verdict::Allow);
@@ -147,20 +130,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn connect_limit_is_per_ip_and_pruned() {
-        let l = ConnectLimiter::new(&ConnectRateConfig {
-            per_second: 1,
-            burst: 2,
-            prune_interval_ms: 1000,
-        });
+        let l = ConnectLimiter::new(&ConnectRateConfig { per_second: 1, burst: 2, prune_interval_ms: 1000 });
         let a = IpAddr::from([127, 0, 0, 1]);
         let b = IpAddr::from([127, 0, 0, 2]);
         assert!(l.check(a).is_ok());
         assert!(l.check(a).is_ok());
         let wait = l.check(a).unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_secs(1),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(l.check(b).is_ok());
         assert_eq!(l.tracked(), 2);
         tokio::time::advance(Duration::from_secs(5)).await;

@@ -83,13 +83,8 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         }
     }
 
-    async fn serve_stream<S>(
-        &self,
-        mut stream: S,
-        peer: SocketAddr,
-        http: axum::Router,
-        stop: CancellationToken,
-    ) where
+    async fn serve_stream<S>(&self, mut stream: S, peer: SocketAddr, http: axum::Router, stop: CancellationToken)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limit = GatewayConfig::dur(self.shared.cfg.handshake_timeout_ms);
@@ -98,22 +93,14 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             Ok(Ok(None)) => return,
             Ok(Err(HeadRead::TooLarge)) => {
                 let msg = "request head too large";
-                return HttpRefusal::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    ErrorCode::BadRequest,
-                    msg,
-                )
-                .send(&mut stream)
-                .await;
+                return HttpRefusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, ErrorCode::BadRequest, msg)
+                    .send(&mut stream)
+                    .await;
             }
             Ok(Err(HeadRead::Malformed(e))) => {
-                return HttpRefusal::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    e.to_string(),
-                )
-                .send(&mut stream)
-                .await;
+                return HttpRefusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e.to_string())
+                    .send(&mut stream)
+                    .await;
             }
             Ok(Err(HeadRead::Io)) => return,
             Err(_) => {
@@ -130,17 +117,12 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
                 Box::pin(self.serve_websocket(stream, head, leftover, peer)).await;
             } else {
                 let msg = "this endpoint only accepts WebSocket upgrades";
-                HttpRefusal::new(StatusCode::UPGRADE_REQUIRED, ErrorCode::BadRequest, msg)
-                    .send(&mut stream)
-                    .await;
+                HttpRefusal::new(StatusCode::UPGRADE_REQUIRED, ErrorCode::BadRequest, msg).send(&mut stream).await;
             }
             return;
         }
         drop(head);
-        let io = TokioIo::new(Prefixed {
-            prefix: Bytes::from(buf),
-            inner: stream,
-        });
+        let io = TokioIo::new(Prefixed { prefix: Bytes::from(buf), inner: stream });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limit)
@@ -159,9 +141,7 @@ enum HeadRead {
 }
 
 /// Reads until a complete request head; returns it with every byte read so far.
-async fn read_head<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<Option<(RequestHead, Vec<u8>)>, HeadRead> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<(RequestHead, Vec<u8>)>, HeadRead> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         match parse_head(&buf) {
@@ -197,10 +177,7 @@ async fn accept_loop<A: Authenticator, H: Handler>(
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                tracker.spawn(
-                    gw.clone()
-                        .serve_socket(tcp, peer, http.clone(), stop.clone()),
-                );
+                tracker.spawn(gw.clone().serve_socket(tcp, peer, http.clone(), stop.clone()));
             }
             Err(e) => {
                 // Usually EMFILE: back off briefly instead of spinning.
@@ -227,10 +204,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         let now = shared.now_ms();
         shared.registry.for_each(|c| {
             if now.saturating_sub(c.last_seen_ms()) >= cfg.timeout_ms {
-                c.close(
-                    CloseCode::HeartbeatTimeout,
-                    CloseCode::HeartbeatTimeout.default_reason(),
-                );
+                c.close(CloseCode::HeartbeatTimeout, CloseCode::HeartbeatTimeout.default_reason());
             } else {
                 let _ = c.push(Outbound::Control(PING));
             }
@@ -239,9 +213,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn prune(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(GatewayConfig::dur(
-        shared.cfg.connect_rate.prune_interval_ms,
-    ));
+    let mut tick = tokio::time::interval(GatewayConfig::dur(shared.cfg.connect_rate.prune_interval_ms));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -257,43 +229,21 @@ async fn drain(shared: &Shared) {
     let deadline = start + GatewayConfig::dur(cfg.grace_ms);
     let mut schedule: Vec<_> = {
         let mut rng = rand::rng();
-        shared
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|c| (rng.random_range(0..=cfg.window_ms), c))
-            .collect()
+        shared.registry.snapshot().into_iter().map(|c| (rng.random_range(0..=cfg.window_ms), c)).collect()
     };
     schedule.sort_by_key(|(delay, _)| *delay);
-    info!(
-        connections = schedule.len(),
-        window_ms = cfg.window_ms,
-        "draining"
-    );
+    info!(connections = schedule.len(), window_ms = cfg.window_ms, "draining");
     for (delay, conn) in &schedule {
-        let _ = conn.send_text(
-            ServerMessage::Draining {
-                reconnect_after_ms: *delay,
-            }
-            .to_json(),
-        );
+        let _ = conn.send_text(ServerMessage::Draining { reconnect_after_ms: *delay }.to_json());
     }
     for (delay, conn) in schedule {
         tokio::time::sleep_until(start + Duration::from_millis(delay)).await;
         conn.close(CloseCode::GoingAway, CloseCode::GoingAway.default_reason());
     }
     // Upgrades that were past the draining check when it started.
-    shared
-        .registry
-        .for_each(|c| c.close(CloseCode::GoingAway, CloseCode::GoingAway.default_reason()));
-    if tokio::time::timeout_at(deadline, shared.registry.wait_empty())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = shared.registry.connections(),
-            "drain grace period elapsed"
-        );
+    shared.registry.for_each(|c| c.close(CloseCode::GoingAway, CloseCode::GoingAway.default_reason()));
+    if tokio::time::timeout_at(deadline, shared.registry.wait_empty()).await.is_err() {
+        warn!(remaining = shared.registry.connections(), "drain grace period elapsed");
     }
 }
 
@@ -304,11 +254,7 @@ struct Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -320,11 +266,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

@@ -54,87 +54,31 @@ impl GatewayCounters {
     pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
-            (
-                "accepted",
-                "WebSocket connections accepted",
-                r(&self.accepted),
-            ),
-            (
-                "rejected_at_capacity",
-                "upgrades refused at the global connection cap",
-                r(&self.rejected_at_capacity),
-            ),
-            (
-                "rejected_rate_limited",
-                "upgrades refused by the per-IP attempt limit",
-                r(&self.rejected_rate_limited),
-            ),
+            ("accepted", "WebSocket connections accepted", r(&self.accepted)),
+            ("rejected_at_capacity", "upgrades refused at the global connection cap", r(&self.rejected_at_capacity)),
+            ("rejected_rate_limited", "upgrades refused by the per-IP attempt limit", r(&self.rejected_rate_limited)),
             (
                 "rejected_unauthorized",
                 "upgrades refused for a missing or invalid token",
                 r(&self.rejected_unauthorized),
             ),
-            (
-                "rejected_origin",
-                "upgrades refused for a disallowed origin",
-                r(&self.rejected_origin),
-            ),
-            (
-                "rejected_bad_handshake",
-                "malformed upgrade requests",
-                r(&self.rejected_bad_handshake),
-            ),
-            (
-                "rejected_unavailable",
-                "upgrades refused while draining or out of memory",
-                r(&self.rejected_unavailable),
-            ),
-            (
-                "per_user_closes",
-                "connections closed by the per-user cap",
-                r(&self.per_user_closes),
-            ),
-            (
-                "slow_consumers",
-                "connections closed as slow consumers",
-                r(&self.slow_consumers),
-            ),
-            (
-                "heartbeat_timeouts",
-                "connections closed for missing heartbeats",
-                r(&self.heartbeat_timeouts),
-            ),
+            ("rejected_origin", "upgrades refused for a disallowed origin", r(&self.rejected_origin)),
+            ("rejected_bad_handshake", "malformed upgrade requests", r(&self.rejected_bad_handshake)),
+            ("rejected_unavailable", "upgrades refused while draining or out of memory", r(&self.rejected_unavailable)),
+            ("per_user_closes", "connections closed by the per-user cap", r(&self.per_user_closes)),
+            ("slow_consumers", "connections closed as slow consumers", r(&self.slow_consumers)),
+            ("heartbeat_timeouts", "connections closed for missing heartbeats", r(&self.heartbeat_timeouts)),
             (
                 "messages_rate_limited",
                 "messages refused by the per-connection rate limit",
                 r(&self.messages_rate_limited),
             ),
-            (
-                "rate_limit_closes",
-                "connections closed for sustained rate abuse",
-                r(&self.rate_limit_closes),
-            ),
-            (
-                "protocol_closes",
-                "connections closed for protocol violations",
-                r(&self.protocol_closes),
-            ),
-            (
-                "messages_in",
-                "data messages received",
-                r(&self.messages_in),
-            ),
+            ("rate_limit_closes", "connections closed for sustained rate abuse", r(&self.rate_limit_closes)),
+            ("protocol_closes", "connections closed for protocol violations", r(&self.protocol_closes)),
+            ("messages_in", "data messages received", r(&self.messages_in)),
             ("messages_out", "data messages sent", r(&self.messages_out)),
-            (
-                "bytes_in",
-                "bytes received after the handshake",
-                r(&self.bytes_in),
-            ),
-            (
-                "bytes_out",
-                "bytes sent after the handshake",
-                r(&self.bytes_out),
-            ),
+            ("bytes_in", "bytes received after the handshake", r(&self.bytes_in)),
+            ("bytes_out", "bytes sent after the handshake", r(&self.bytes_out)),
         ]
     }
 }

@@ -23,9 +23,7 @@ struct Encoded {
 
 impl std::fmt::Debug for SharedMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedMessage")
-            .field("len", &self.0.payload.len())
-            .finish()
+        f.debug_struct("SharedMessage").field("len", &self.0.payload.len()).finish()
     }
 }
 
@@ -41,12 +39,7 @@ impl SharedMessage {
     }
 
     fn new(opcode: OpCode, payload: Bytes) -> Self {
-        Self(Arc::new(Encoded {
-            opcode,
-            payload,
-            plain: OnceLock::new(),
-            compressed: Default::default(),
-        }))
+        Self(Arc::new(Encoded { opcode, payload, plain: OnceLock::new(), compressed: Default::default() }))
     }
 
     /// The payload length before compression.
@@ -64,9 +57,8 @@ impl SharedMessage {
         let e = &*self.0;
         match deflate {
             Some(p) if e.payload.len() >= encoder.threshold => {
-                let slot = &e.compressed[usize::from(
-                    p.server_window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS) - MIN_WINDOW_BITS,
-                )];
+                let slot = &e.compressed
+                    [usize::from(p.server_window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS) - MIN_WINDOW_BITS)];
                 slot.get_or_init(|| {
                     let packed = encoder.pool.compress(&e.payload, p.server_window_bits);
                     if packed.len() < e.payload.len() {
@@ -83,9 +75,7 @@ impl SharedMessage {
 
     fn plain_frame(&self) -> Bytes {
         let e = &*self.0;
-        e.plain
-            .get_or_init(|| encode_frame(e.opcode, true, false, &e.payload, None))
-            .clone()
+        e.plain.get_or_init(|| encode_frame(e.opcode, true, false, &e.payload, None)).clone()
     }
 }
 

@@ -32,11 +32,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// Takes one slot under the global cap; `false` when the cap is reached.
     pub(crate) fn reserve(&self, max: usize) -> bool {
-        self.reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+        self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
     }
 
     pub(crate) fn release(&self) {
@@ -46,12 +42,7 @@ impl Registry {
     }
 
     /// Registers a connection whose slot is already reserved.
-    pub(crate) fn register(
-        &self,
-        conn: &Connection,
-        per_user: usize,
-        policy: PerUserPolicy,
-    ) -> Admission {
+    pub(crate) fn register(&self, conn: &Connection, per_user: usize, policy: PerUserPolicy) -> Admission {
         let admission = match self.by_user.entry(conn.0.user_id.clone()) {
             Entry::Vacant(v) => {
                 v.insert(vec![conn.clone()]);
@@ -121,10 +112,7 @@ impl Registry {
 
     /// The open connections of one user.
     pub(crate) fn of_user(&self, user_id: &str) -> Vec<Connection> {
-        self.by_user
-            .get(user_id)
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        self.by_user.get(user_id).map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Resolves when no slot is held.

@@ -15,12 +15,7 @@ pub(crate) struct HttpRefusal {
 
 impl HttpRefusal {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        Self { status, code, message: message.into(), retry_after_secs: None }
     }
 
     pub(crate) fn retry_after(mut self, secs: u64) -> Self {

@@ -83,11 +83,7 @@ impl std::fmt::Display for End {
     }
 }
 
-async fn write_all<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    bytes: &[u8],
-    limit: Duration,
-) -> io::Result<()> {
+async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], limit: Duration) -> io::Result<()> {
     match tokio::time::timeout(limit, stream.write_all(bytes)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
@@ -113,9 +109,7 @@ where
     let mut events = Vec::new();
     let mut pending_violation = None;
     if !leftover.is_empty() {
-        pending_violation = reader
-            .feed(leftover, &shared.encoder.pool, &mut events)
-            .err();
+        pending_violation = reader.feed(leftover, &shared.encoder.pool, &mut events).err();
     }
     loop {
         // 1. Handle what was read.
@@ -127,29 +121,18 @@ where
                         Verdict::Allow => Box::pin(handler.on_message(conn, msg)).await,
                         Verdict::Refuse => {
                             C::inc(&shared.counters.messages_rate_limited);
-                            let frame = ErrorFrame::new(
-                                ErrorCode::RateLimited,
-                                "message rate limit exceeded; slow down",
-                            );
+                            let frame =
+                                ErrorFrame::new(ErrorCode::RateLimited, "message rate limit exceeded; slow down");
                             let _ = conn.send_text(ServerMessage::Error(frame).to_json());
                         }
                         Verdict::Close => {
                             C::inc(&shared.counters.rate_limit_closes);
-                            conn.close(
-                                CloseCode::RateLimited,
-                                CloseCode::RateLimited.default_reason(),
-                            );
+                            conn.close(CloseCode::RateLimited, CloseCode::RateLimited.default_reason());
                         }
                     }
                 }
                 Event::Ping(payload) => {
-                    let _ = conn.push(Outbound::Control(encode_frame(
-                        OpCode::Pong,
-                        true,
-                        false,
-                        &payload,
-                        None,
-                    )));
+                    let _ = conn.push(Outbound::Control(encode_frame(OpCode::Pong, true, false, &payload, None)));
                 }
                 Event::Pong(_) => {}
                 Event::Close(frame) => {
@@ -169,16 +152,7 @@ where
         if let Some(v) = pending_violation.take() {
             C::inc(&shared.counters.protocol_closes);
             let _ = flush(shared, stream, conn, write_timeout).await;
-            close(
-                shared,
-                stream,
-                reader,
-                CloseRequest {
-                    code: v.code,
-                    reason: v.reason.into(),
-                },
-            )
-            .await;
+            close(shared, stream, reader, CloseRequest { code: v.code, reason: v.reason.into() }).await;
             return End::Violation(v);
         }
         // 2. Write what is queued; perform a requested close.
@@ -256,10 +230,7 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let cfg = &shared.cfg;
     let frame = encode_close(req.code.as_u16(), &req.reason, None);
-    if write_all(stream, &frame, GatewayConfig::dur(cfg.write_timeout_ms))
-        .await
-        .is_err()
-    {
+    if write_all(stream, &frame, GatewayConfig::dur(cfg.write_timeout_ms)).await.is_err() {
         return;
     }
     let _ = stream.flush().await;
@@ -267,11 +238,7 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
         let mut events = Vec::new();
         loop {
             events.clear();
-            match poll_fn(|cx| {
-                poll_read_events(cx, stream, reader, &shared.encoder.pool, &mut events)
-            })
-            .await
-            {
+            match poll_fn(|cx| poll_read_events(cx, stream, reader, &shared.encoder.pool, &mut events)).await {
                 Ok(ReadOutcome::Data(_, violation)) => {
                     if violation.is_some() || events.iter().any(|e| matches!(e, Event::Close(_))) {
                         return;

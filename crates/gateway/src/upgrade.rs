@@ -47,18 +47,13 @@ fn client_ip(cfg: &GatewayConfig, peer: SocketAddr, headers: &HeaderMap) -> IpAd
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    hops.into_iter()
-        .rev()
-        .find(|ip| !cfg.trusted_proxies.contains(ip))
-        .unwrap_or(peer_ip)
+    hops.into_iter().rev().find(|ip| !cfg.trusted_proxies.contains(ip)).unwrap_or(peer_ip)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
 impl<A: Authenticator, H: Handler> Gateway<A, H> {
@@ -75,8 +70,7 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         let counters = &shared.counters;
         let unavailable = |msg: &str| {
             C::inc(&counters.rejected_unavailable);
-            HttpRefusal::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg)
-                .retry_after(5)
+            HttpRefusal::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg).retry_after(5)
         };
         if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
             return Err(unavailable("server is draining; reconnect to another instance").into());
@@ -97,11 +91,8 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         }
         if !cfg.allowed_origins.is_empty() {
             if let Some(origin) = head.headers.get(http::header::ORIGIN) {
-                let allowed = origin.to_str().is_ok_and(|o| {
-                    cfg.allowed_origins
-                        .iter()
-                        .any(|a| a.eq_ignore_ascii_case(o))
-                });
+                let allowed =
+                    origin.to_str().is_ok_and(|o| cfg.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
                 if !allowed {
                     C::inc(&counters.rejected_origin);
                     return Err(HttpRefusal::new(
@@ -127,10 +118,7 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             .retry_after(5)
             .into());
         }
-        let mut slot = SlotGuard {
-            registry: &shared.registry,
-            armed: true,
-        };
+        let mut slot = SlotGuard { registry: &shared.registry, armed: true };
         let token = head.query_param("token").or_else(|| bearer(&head.headers));
         let identity = self
             .auth
@@ -139,42 +127,26 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             .map_err(|e| match e {
                 AuthError::Missing | AuthError::Invalid => {
                     C::inc(&counters.rejected_unauthorized);
-                    HttpRefusal::new(
-                        StatusCode::UNAUTHORIZED,
-                        ErrorCode::Unauthorized,
-                        e.to_string(),
-                    )
+                    HttpRefusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
                 }
-                AuthError::Unavailable(_) => {
-                    unavailable("authentication is temporarily unavailable")
-                }
+                AuthError::Unavailable(_) => unavailable("authentication is temporarily unavailable"),
             })
             .map_err(Rejection::Http)?;
         let negotiated = if cfg.compression.enabled {
             deflate::negotiate(
-                head.headers
-                    .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
+                head.headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok()),
             )
         } else {
             None
         };
         let response = switching_response(&accept, negotiated.as_ref().map(|(_, r)| r.as_str()));
-        let written = tokio::time::timeout(
-            GatewayConfig::dur(cfg.write_timeout_ms),
-            stream.write_all(&response),
-        )
-        .await;
+        let written = tokio::time::timeout(GatewayConfig::dur(cfg.write_timeout_ms), stream.write_all(&response)).await;
         if !matches!(written, Ok(Ok(()))) {
             // The peer is gone; there is nobody to answer.
             return Err(Rejection::Answered);
         }
-        let conn = shared.new_connection(identity.user_id, ip, negotiated.map(|(p, _)| p));
-        match shared
-            .registry
-            .register(&conn, cfg.max_connections_per_user, cfg.per_user_policy)
-        {
+        let conn = shared.new_connection(identity, ip, negotiated.map(|(p, _)| p));
+        match shared.registry.register(&conn, cfg.max_connections_per_user, cfg.per_user_policy) {
             Admission::Admitted => {
                 slot.armed = false;
                 Ok((conn, None))
@@ -190,11 +162,7 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
                     CloseCode::TooManyConnections.default_reason(),
                     None,
                 );
-                let _ = tokio::time::timeout(
-                    GatewayConfig::dur(cfg.write_timeout_ms),
-                    stream.write_all(&frame),
-                )
-                .await;
+                let _ = tokio::time::timeout(GatewayConfig::dur(cfg.write_timeout_ms), stream.write_all(&frame)).await;
                 let _ = stream.shutdown().await;
                 Err(Rejection::Answered)
             }
@@ -226,27 +194,14 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             C::inc(&shared.counters.per_user_closes);
             old.close(CloseCode::Replaced, CloseCode::Replaced.default_reason());
         }
-        let span =
-            info_span!("conn", conn_id = conn.id(), user_id = %conn.user_id(), peer = %conn.peer());
+        let span = info_span!("conn", conn_id = conn.id(), user_id = %conn.user_id(), peer = %conn.peer());
         let handler = self.handler.clone();
         let cfg = &shared.cfg;
         async {
-            let mut reader = MessageReader::new(
-                Role::Server,
-                cfg.max_message_bytes,
-                conn.0.deflate.is_some(),
-            );
+            let mut reader = MessageReader::new(Role::Server, cfg.max_message_bytes, conn.0.deflate.is_some());
             debug!(compressed = conn.compressed(), "connection open");
             Box::pin(handler.on_open(&conn)).await;
-            let end = session::run(
-                &shared,
-                &*handler,
-                &mut stream,
-                &conn,
-                &mut reader,
-                &leftover,
-            )
-            .await;
+            let end = session::run(&shared, &*handler, &mut stream, &conn, &mut reader, &leftover).await;
             drop(leftover);
             shared.registry.unregister(&conn);
             Box::pin(handler.on_close(&conn)).await;

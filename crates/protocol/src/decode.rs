@@ -18,20 +18,12 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn new(code: ErrorCode, message: impl Into<String>, id: Option<RequestId>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            id,
-        }
+        Self { code, message: message.into(), id }
     }
 
     /// The `error` frame that answers the refused message.
     pub fn to_frame(&self) -> ErrorFrame {
-        ErrorFrame {
-            code: self.code,
-            message: self.message.clone(),
-            reference: self.id.clone(),
-        }
+        ErrorFrame { code: self.code, message: self.message.clone(), reference: self.id.clone() }
     }
 }
 
@@ -43,11 +35,7 @@ pub fn decode_client(text: &str) -> Result<Request, DecodeError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| DecodeError::new(ErrorCode::BadJson, format!("invalid JSON: {e}"), None))?;
     let Value::Object(mut map) = value else {
-        return Err(DecodeError::new(
-            ErrorCode::MissingType,
-            "message must be a JSON object",
-            None,
-        ));
+        return Err(DecodeError::new(ErrorCode::MissingType, "message must be a JSON object", None));
     };
     let id = take_id(&mut map)?;
     let ty = match map.get("type") {
@@ -60,33 +48,20 @@ pub fn decode_client(text: &str) -> Result<Request, DecodeError> {
             ));
         }
         None => {
-            return Err(DecodeError::new(
-                ErrorCode::MissingType,
-                "missing field `type`",
-                id,
-            ));
+            return Err(DecodeError::new(ErrorCode::MissingType, "missing field `type`", id));
         }
     };
     check_version(&mut map, &id)?;
     if !ClientMessage::TYPES.contains(&ty.as_str()) {
-        return Err(DecodeError::new(
-            ErrorCode::UnknownType,
-            format!("unknown message type `{}`", truncate(&ty)),
-            id,
-        ));
+        return Err(DecodeError::new(ErrorCode::UnknownType, format!("unknown message type `{}`", truncate(&ty)), id));
     }
     reject_unknown_fields(&ty, &map, &id)?;
-    let message = serde_path_to_error::deserialize::<_, ClientMessage>(Value::Object(map))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = if path == "." || path.is_empty() {
-                inner.to_string()
-            } else {
-                format!("field `{path}`: {inner}")
-            };
-            DecodeError::new(ErrorCode::BadField, msg, id.clone())
-        })?;
+    let message = serde_path_to_error::deserialize::<_, ClientMessage>(Value::Object(map)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path == "." || path.is_empty() { inner.to_string() } else { format!("field `{path}`: {inner}") };
+        DecodeError::new(ErrorCode::BadField, msg, id.clone())
+    })?;
     Ok(Request { id, message })
 }
 
@@ -96,19 +71,13 @@ fn take_id(map: &mut Map<String, Value>) -> Result<Option<RequestId>, DecodeErro
         Some(Value::String(s)) if s.len() <= RequestId::MAX_LEN => Ok(Some(RequestId::Text(s))),
         Some(Value::String(_)) => Err(DecodeError::new(
             ErrorCode::BadField,
-            format!(
-                "field `id`: string ids are limited to {} bytes",
-                RequestId::MAX_LEN
-            ),
+            format!("field `id`: string ids are limited to {} bytes", RequestId::MAX_LEN),
             None,
         )),
         Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64().map(RequestId::Number)),
         Some(other) => Err(DecodeError::new(
             ErrorCode::BadField,
-            format!(
-                "field `id` must be a string or a non-negative integer, got {}",
-                kind(&other)
-            ),
+            format!("field `id` must be a string or a non-negative integer, got {}", kind(&other)),
             None,
         )),
     }
@@ -132,11 +101,7 @@ fn check_version(map: &mut Map<String, Value>, id: &Option<RequestId>) -> Result
 }
 
 /// Serde's internally tagged enums cannot deny unknown fields, so the envelope does it.
-fn reject_unknown_fields(
-    ty: &str,
-    map: &Map<String, Value>,
-    id: &Option<RequestId>,
-) -> Result<(), DecodeError> {
+fn reject_unknown_fields(ty: &str, map: &Map<String, Value>, id: &Option<RequestId>) -> Result<(), DecodeError> {
     let allowed: &[&str] = match ty {
         "ping" => &[],
         _ => &[],
@@ -187,10 +152,7 @@ mod tests {
 
     #[test]
     fn decodes_ping_with_and_without_envelope_fields() {
-        assert_eq!(
-            decode_client(r#"{"type":"ping"}"#).unwrap().message,
-            ClientMessage::Ping {}
-        );
+        assert_eq!(decode_client(r#"{"type":"ping"}"#).unwrap().message, ClientMessage::Ping {});
         let req = decode_client(r#"{"v":1,"type":"ping","id":"a1"}"#).unwrap();
         assert_eq!(req.id, Some(RequestId::Text("a1".into())));
         let req = decode_client(r#"{"type":"ping","id":7}"#).unwrap();
@@ -205,10 +167,7 @@ mod tests {
         assert_eq!(code(r#"{"id":1}"#), ErrorCode::MissingType);
         assert_eq!(code(r#"{"type":5}"#), ErrorCode::MissingType);
         assert_eq!(code(r#"{"type":"nope"}"#), ErrorCode::UnknownType);
-        assert_eq!(
-            code(r#"{"type":"ping","v":2}"#),
-            ErrorCode::UnsupportedVersion
-        );
+        assert_eq!(code(r#"{"type":"ping","v":2}"#), ErrorCode::UnsupportedVersion);
         assert_eq!(code(r#"{"type":"ping","v":"1"}"#), ErrorCode::BadField);
         assert_eq!(code(r#"{"type":"ping","id":-1}"#), ErrorCode::BadField);
         assert_eq!(code(r#"{"type":"ping","id":[1]}"#), ErrorCode::BadField);
@@ -225,29 +184,16 @@ mod tests {
     #[test]
     fn long_ids_are_refused() {
         let long = "a".repeat(RequestId::MAX_LEN + 1);
-        assert_eq!(
-            code(&format!(r#"{{"type":"ping","id":"{long}"}}"#)),
-            ErrorCode::BadField
-        );
+        assert_eq!(code(&format!(r#"{{"type":"ping","id":"{long}"}}"#)), ErrorCode::BadField);
     }
 
     #[test]
     fn server_messages_have_stable_json() {
-        let p = crate::ServerMessage::Pong {
-            id: Some(RequestId::Number(3)),
-        }
-        .to_json();
+        let p = crate::ServerMessage::Pong { id: Some(RequestId::Number(3)) }.to_json();
         assert_eq!(p, r#"{"type":"pong","id":3}"#);
-        let e = crate::ServerMessage::Error(ErrorFrame::new(ErrorCode::RateLimited, "slow down"))
-            .to_json();
-        assert_eq!(
-            e,
-            r#"{"type":"error","code":"rate_limited","message":"slow down"}"#
-        );
-        let d = crate::ServerMessage::Draining {
-            reconnect_after_ms: 5,
-        }
-        .to_json();
+        let e = crate::ServerMessage::Error(ErrorFrame::new(ErrorCode::RateLimited, "slow down")).to_json();
+        assert_eq!(e, r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+        let d = crate::ServerMessage::Draining { reconnect_after_ms: 5 }.to_json();
         assert_eq!(d, r#"{"type":"server.draining","reconnect_after_ms":5}"#);
     }
 

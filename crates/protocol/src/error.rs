@@ -49,10 +49,6 @@ pub struct ErrorFrame {
 impl ErrorFrame {
     /// An error frame that answers no particular request.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            reference: None,
-        }
+        Self { code, message: message.into(), reference: None }
     }
 }

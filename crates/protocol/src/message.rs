@@ -82,8 +82,7 @@ impl ServerMessage {
     /// Serializes to the JSON text sent on the wire.
     pub fn to_json(&self) -> String {
         // Serializing these types cannot fail: every key is a string and no map has non-string keys.
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            String::from(r#"{"type":"error","code":"internal","message":"serialization failed"}"#)
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"serialization failed"}"#))
     }
 }

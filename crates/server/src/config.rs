@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use rendezvous_gateway::GatewayConfig;
+use rendezvous_store::{DatabaseConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 /// `config/default.toml`, compiled in so the binary runs from any directory.
@@ -19,10 +20,85 @@ pub struct Config {
     pub server: ServerConfig,
     /// WebSocket gateway limits.
     pub gateway: GatewayConfig,
-    /// Database connection (used by the store).
+    /// Database connection.
     pub database: DatabaseConfig,
+    /// Caches, session lifetime, write-behind and cleanup.
+    pub store: StoreConfig,
+    /// Which tokens the gateway accepts.
+    pub auth: AuthConfig,
+    /// The server-to-server HTTP API.
+    pub api: ApiConfig,
+    /// Memory budget and pressure thresholds.
+    pub memory: MemoryConfig,
     /// Redis connection (used by the bus).
     pub redis: RedisConfig,
+}
+
+/// Which tokens the gateway accepts besides store sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accept `dev-<user>` tokens without a session (development only; off in production).
+    pub dev_tokens: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { dev_tokens: true }
+    }
+}
+
+/// The HTTP API for the app backend (`docs/api.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer key the app backend presents; empty disables the API (503).
+    pub key: String,
+    /// `POST /api/guest` creates a throwaway user and session for the demo page.
+    pub guest_sign_in: bool,
+    /// Lifetime of guest sessions.
+    pub guest_session_ttl_ms: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            guest_sign_in: true,
+            guest_session_ttl_ms: 24 * 3600 * 1000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Memory budget: at `critical_percent` caches shrink and new connections get 503.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Resident-memory budget in bytes; 0 uses the cgroup limit, or 1 GiB without one.
+    pub budget_bytes: u64,
+    /// Warn (in logs and `/health`) above this share of the budget.
+    pub warning_percent: u8,
+    /// Shrink caches and refuse new connections above this share; recover below `warning_percent`.
+    pub critical_percent: u8,
+    /// How often resident memory is checked.
+    pub check_interval_ms: u64,
+    /// Cache capacities are multiplied by this while critical.
+    pub critical_cache_factor: f64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            budget_bytes: 0,
+            warning_percent: 80,
+            critical_percent: 90,
+            check_interval_ms: 1_000,
+            critical_cache_factor: 0.25,
+        }
+    }
 }
 
 /// Listener, identity and logging.
@@ -49,14 +125,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Database connection.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `postgres://…`; unset means the embedded SQLite file. `DATABASE_URL` overrides it.
-    pub url: Option<String>,
 }
 
 /// Redis connection.
@@ -88,9 +156,12 @@ pub enum ConfigError {
     /// The file named by `RENDEZVOUS_CONFIG` does not exist.
     #[error("RENDEZVOUS_CONFIG names {0}, which does not exist")]
     MissingFile(PathBuf),
-    /// A value is out of range.
+    /// A gateway value is out of range.
     #[error(transparent)]
     Gateway(#[from] rendezvous_gateway::ConfigError),
+    /// A database or store value is out of range.
+    #[error(transparent)]
+    Store(#[from] rendezvous_store::ConfigError),
     /// A value outside the gateway section is out of range.
     #[error("invalid config `{key}`: {problem}")]
     Invalid {
@@ -108,13 +179,10 @@ impl Config {
     }
 
     /// Loads with `vars` standing in for the environment (tests pass their own).
-    pub fn load_from(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let mut fig = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(DEFAULT_TOML));
+        let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(DEFAULT_TOML));
         if let Some(path) = get("RENDEZVOUS_CONFIG") {
             let path = PathBuf::from(path);
             if !path.is_file() {
@@ -127,18 +195,13 @@ impl Config {
         for (name, raw) in &vars {
             if let Some(path) = name.strip_prefix("RENDEZVOUS__") {
                 let key = path.to_ascii_lowercase().replace("__", ".");
-                let value: figment::value::Value = raw
-                    .parse()
-                    .unwrap_or_else(|_| figment::value::Value::from(raw.clone()));
+                let value: figment::value::Value =
+                    raw.parse().unwrap_or_else(|_| figment::value::Value::from(raw.clone()));
                 fig = fig.merge((key, value));
             }
         }
         // Hosting platforms set these plain names.
-        for (var, key) in [
-            ("PORT", "server.port"),
-            ("DATABASE_URL", "database.url"),
-            ("REDIS_URL", "redis.url"),
-        ] {
+        for (var, key) in [("PORT", "server.port"), ("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url")] {
             if let Some(v) = get(var).filter(|v| !v.is_empty()) {
                 let value = if var == "PORT" {
                     let port = v.parse::<u16>().map_err(|_| ConfigError::Invalid {
@@ -166,16 +229,30 @@ impl Config {
                 problem: format!("{:?} is not an IP address", self.server.host),
             });
         }
-        if let Some(url) = &self.database.url {
-            if !(url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-                || url.starts_with("sqlite:"))
-            {
-                return Err(ConfigError::Invalid {
-                    key: "database.url",
-                    problem: "must start with postgres://, postgresql:// or sqlite:".into(),
-                });
-            }
+        self.database.validate()?;
+        self.store.validate()?;
+        let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
+        if !self.api.key.is_empty() && self.api.key.len() < 16 {
+            return invalid("api.key", "must be empty (API off) or at least 16 characters");
+        }
+        if self.api.guest_session_ttl_ms == 0 {
+            return invalid("api.guest_session_ttl_ms", "must be greater than 0");
+        }
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes", "must be at least 1024");
+        }
+        let m = &self.memory;
+        if !(1..=100).contains(&m.warning_percent) {
+            return invalid("memory.warning_percent", "must be between 1 and 100");
+        }
+        if !(m.warning_percent..=100).contains(&m.critical_percent) {
+            return invalid("memory.critical_percent", "must be between memory.warning_percent and 100");
+        }
+        if m.check_interval_ms == 0 {
+            return invalid("memory.check_interval_ms", "must be greater than 0");
+        }
+        if !(m.critical_cache_factor > 0.0 && m.critical_cache_factor <= 1.0) {
+            return invalid("memory.critical_cache_factor", "must be in (0, 1]");
         }
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -194,10 +271,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -212,16 +286,14 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/production.toml");
         let c = Config::load_from(env(&[("RENDEZVOUS_CONFIG", path)])).unwrap();
         assert!(!c.gateway.allowed_origins.is_empty());
+        assert!(!c.auth.dev_tokens && !c.api.guest_sign_in);
     }
 
     #[test]
     fn platform_variables_override() {
-        let c = Config::load_from(env(&[
-            ("PORT", "9000"),
-            ("DATABASE_URL", "postgres://x/y"),
-            ("REDIS_URL", "redis://r"),
-        ]))
-        .unwrap();
+        let c =
+            Config::load_from(env(&[("PORT", "9000"), ("DATABASE_URL", "postgres://x/y"), ("REDIS_URL", "redis://r")]))
+                .unwrap();
         assert_eq!(c.server.port, 9000);
         assert_eq!(c.database.url.as_deref(), Some("postgres://x/y"));
         assert_eq!(c.redis.url.as_deref(), Some("redis://r"));
@@ -242,22 +314,16 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             (("PORT", "http"), "server.port"),
-            (
-                ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "lots"),
-                "max_connections",
-            ),
-            (
-                ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "0"),
-                "gateway.max_connections",
-            ),
+            (("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "lots"), "max_connections"),
+            (("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "0"), "gateway.max_connections"),
             (("RENDEZVOUS__GATEWAY__NO_SUCH_KEY", "1"), "no_such_key"),
             (("RENDEZVOUS__SERVER__HOST", "localhost"), "server.host"),
             (("DATABASE_URL", "mysql://x"), "database.url"),
             (("REDIS_URL", "http://x"), "redis.url"),
-            (
-                ("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"),
-                "per_user_policy",
-            ),
+            (("RENDEZVOUS__API__KEY", "short"), "api.key"),
+            (("RENDEZVOUS__MEMORY__CRITICAL_PERCENT", "50"), "memory.critical_percent"),
+            (("RENDEZVOUS__STORE__QUERY_CACHE_TTL_MS", "0"), "store.query_cache_ttl_ms"),
+            (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
         ];
         for ((k, v), key) in cases {
             let err = Config::load_from(env(&[(k, v)])).unwrap_err().to_string();
@@ -267,8 +333,7 @@ mod tests {
 
     #[test]
     fn missing_config_file_is_an_error() {
-        let err =
-            Config::load_from(env(&[("RENDEZVOUS_CONFIG", "/nonexistent.toml")])).unwrap_err();
+        let err = Config::load_from(env(&[("RENDEZVOUS_CONFIG", "/nonexistent.toml")])).unwrap_err();
         assert!(err.to_string().contains("RENDEZVOUS_CONFIG"));
     }
 }

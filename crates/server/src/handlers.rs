@@ -1,23 +1,34 @@
 //! What the server does with messages: the Rendezvous protocol, or plain echo.
 
+use std::sync::Arc;
+
 use rendezvous_gateway::{Connection, Handler, Message, SharedMessage};
-use rendezvous_protocol::{
-    ClientMessage, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerMessage, decode_client,
-};
+use rendezvous_protocol::{ClientMessage, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerMessage, decode_client};
+use rendezvous_store::Store;
 
 /// Speaks the Rendezvous protocol (`docs/protocol.md`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProtocolHandler {
     instance: String,
     heartbeat_interval_ms: u64,
+    store: Option<Arc<Store>>,
+}
+
+impl std::fmt::Debug for ProtocolHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtocolHandler").field("instance", &self.instance).finish_non_exhaustive()
+    }
 }
 
 impl ProtocolHandler {
-    /// A handler that introduces itself as `instance`.
-    pub fn new(instance: String, heartbeat_interval_ms: u64) -> Self {
-        Self {
-            instance,
-            heartbeat_interval_ms,
+    /// A handler that introduces itself as `instance` and records activity in `store`.
+    pub fn new(instance: String, heartbeat_interval_ms: u64, store: Option<Arc<Store>>) -> Self {
+        Self { instance, heartbeat_interval_ms, store }
+    }
+
+    fn touch(&self, conn: &Connection) {
+        if let Some(store) = &self.store {
+            store.touch(conn.user_id());
         }
     }
 }
@@ -29,6 +40,7 @@ fn reply(conn: &Connection, msg: &ServerMessage) {
 
 impl Handler for ProtocolHandler {
     async fn on_open(&self, conn: &Connection) {
+        self.touch(conn);
         reply(
             conn,
             &ServerMessage::Welcome {
@@ -42,6 +54,7 @@ impl Handler for ProtocolHandler {
     }
 
     async fn on_message(&self, conn: &Connection, msg: Message) {
+        self.touch(conn);
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
@@ -60,7 +73,9 @@ impl Handler for ProtocolHandler {
         }
     }
 
-    async fn on_close(&self, _conn: &Connection) {}
+    async fn on_close(&self, conn: &Connection) {
+        self.touch(conn);
+    }
 }
 
 /// Sends every message back unchanged (`rendezvous --echo`, for conformance runs).

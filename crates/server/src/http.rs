@@ -9,22 +9,42 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use rendezvous_bus::Bus;
 use rendezvous_gateway::{ConnectionStats, GatewayHandle};
+use rendezvous_store::{CacheStats, Store};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tower_http::compression::CompressionLayer;
 
+use crate::guard::MemoryGuard;
 use crate::memory::{self, MemoryStats};
+
+/// The optional parts the endpoints report on (absent in echo mode).
+#[derive(Debug, Clone)]
+pub struct HttpParts {
+    /// This instance's name.
+    pub instance: Arc<str>,
+    /// The store.
+    pub store: Option<Arc<Store>>,
+    /// The memory guard.
+    pub guard: Option<Arc<MemoryGuard>>,
+    /// The bus.
+    pub bus: Option<Bus>,
+}
 
 /// What the HTTP endpoints read from.
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    /// The running gateway.
-    pub gateway: GatewayHandle,
-    /// This instance's name.
-    pub instance: Arc<str>,
-    /// When the process started.
-    pub started: Instant,
+    gateway: GatewayHandle,
+    parts: HttpParts,
+    started: Instant,
+}
+
+impl HttpState {
+    /// State for a serving gateway.
+    pub fn new(gateway: GatewayHandle, parts: HttpParts) -> Self {
+        Self { gateway, parts, started: Instant::now() }
+    }
 }
 
 /// The body of `/health`.
@@ -38,42 +58,40 @@ pub struct Health {
     pub version: &'static str,
     /// Seconds since start.
     pub uptime_seconds: u64,
-    /// Memory figures.
-    pub memory: MemoryStats,
+    /// Memory figures and the guard's level.
+    pub memory: Value,
     /// Connection figures.
     pub connections: ConnectionStats,
     /// Gateway counters.
-    pub gateway: serde_json::Value,
-    /// Filled by the store (user/session/query caches).
-    pub cache: serde_json::Value,
+    pub gateway: Value,
+    /// User, session and query caches.
+    pub cache: Value,
     /// Filled by presence.
-    pub presence: serde_json::Value,
+    pub presence: Value,
     /// Filled by matchmaking.
-    pub matchmaking: serde_json::Value,
-    /// Filled by the bus.
-    pub bus: serde_json::Value,
-    /// Filled by the store (database pool).
-    pub db: serde_json::Value,
+    pub matchmaking: Value,
+    /// The bus.
+    pub bus: Value,
+    /// The database pool and the write-behind buffer.
+    pub db: Value,
 }
 
-/// The router for every non-WebSocket request.
-pub fn router(state: HttpState) -> Router {
+/// The router for every non-WebSocket request: these endpoints, `extra` (the API),
+/// and JSON answers for unknown paths and methods.
+pub fn router(state: HttpState, extra: Router) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CompressionLayer::new().gzip(true))
-        .with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({ "error": { "code": code, "message": message } })),
-    )
-        .into_response()
+    (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
 }
 
 async fn not_found() -> Response {
@@ -81,39 +99,40 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this endpoint",
-    )
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
 }
 
 fn health_of(state: &HttpState) -> Health {
     let not_configured = json!({ "status": "not_configured" });
-    let counters: serde_json::Map<String, serde_json::Value> = state
-        .gateway
-        .counters()
-        .snapshot()
-        .into_iter()
-        .map(|(name, _, v)| (name.to_owned(), json!(v)))
-        .collect();
+    let counters: serde_json::Map<String, Value> =
+        state.gateway.counters().snapshot().into_iter().map(|(name, _, v)| (name.to_owned(), json!(v))).collect();
+    let mem: MemoryStats = memory::read();
+    let mut memory = json!(mem);
+    if let Some(g) = &state.parts.guard {
+        memory["guard"] = json!(g.stats());
+    }
+    let store = state.parts.store.as_ref().map(|s| s.stats());
     Health {
-        status: if state.gateway.is_draining() {
-            "draining"
-        } else {
-            "ok"
-        },
-        instance: state.instance.to_string(),
+        status: if state.gateway.is_draining() { "draining" } else { "ok" },
+        instance: state.parts.instance.to_string(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started.elapsed().as_secs(),
-        memory: memory::read(),
+        memory,
         connections: state.gateway.connection_stats(),
-        gateway: serde_json::Value::Object(counters),
-        cache: not_configured.clone(),
+        gateway: Value::Object(counters),
+        cache: store.as_ref().map_or(
+            not_configured.clone(),
+            |s| json!({ "users": s.users, "sessions": s.sessions, "queries": s.queries }),
+        ),
         presence: not_configured.clone(),
         matchmaking: not_configured.clone(),
-        bus: not_configured.clone(),
-        db: not_configured,
+        bus: state.parts.bus.as_ref().map_or(not_configured.clone(), |b| {
+            let (published, lagged) = b.stats();
+            json!({ "transport": b.transport(), "instance": b.instance(), "published": published, "lagged": lagged })
+        }),
+        db: store
+            .as_ref()
+            .map_or(not_configured, |s| json!({ "status": "ok", "pool": s.pool, "write_behind": s.activity })),
     }
 }
 
@@ -124,82 +143,91 @@ async fn health(State(state): State<HttpState>) -> Response {
 
 async fn ready(State(state): State<HttpState>) -> Response {
     if state.gateway.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response()
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
-    let h = health_of(&state);
-    let mut out = String::with_capacity(4096);
-    let mut gauge = |name: &str, help: &str, value: f64| {
+struct Prom(String);
+
+impl Prom {
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
         let _ = write!(
-            out,
+            self.0,
             "# HELP rendezvous_{name} {help}\n# TYPE rendezvous_{name} gauge\nrendezvous_{name} {value}\n"
         );
-    };
-    gauge(
-        "up",
-        "1 while serving, 0 while draining",
-        if h.status == "ok" { 1.0 } else { 0.0 },
-    );
-    gauge(
-        "uptime_seconds",
-        "seconds since start",
-        h.uptime_seconds as f64,
-    );
-    gauge(
-        "connections",
-        "open WebSocket connections",
-        h.connections.total as f64,
-    );
-    gauge(
-        "connected_users",
-        "distinct connected users",
-        h.connections.users as f64,
-    );
-    gauge(
-        "connection_limit",
-        "global connection cap",
-        h.connections.limit as f64,
-    );
-    gauge(
-        "connection_utilization",
-        "connections / cap",
-        h.connections.utilization,
-    );
-    gauge(
-        "memory_rss_bytes",
-        "resident set size",
-        h.memory.rss_bytes as f64,
-    );
-    gauge(
-        "memory_allocated_bytes",
-        "bytes allocated by the application",
-        h.memory.allocated_bytes as f64,
-    );
-    gauge(
-        "memory_allocator_resident_bytes",
-        "bytes in resident allocator pages",
-        h.memory.allocator_resident_bytes as f64,
-    );
-    for (name, help, value) in state.gateway.counters().snapshot() {
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
         let _ = write!(
-            out,
-            "# HELP rendezvous_gateway_{name}_total {help}\n# TYPE rendezvous_gateway_{name}_total counter\nrendezvous_gateway_{name}_total {value}\n"
+            self.0,
+            "# HELP rendezvous_{name} {help}\n# TYPE rendezvous_{name} counter\nrendezvous_{name} {value}\n"
         );
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+
+    fn cache(&mut self, caches: &[(&str, &CacheStats)]) {
+        type Series = (&'static str, &'static str, &'static str, fn(&CacheStats) -> f64);
+        let series: [Series; 6] = [
+            ("cache_size", "gauge", "entries held", |c| c.size as f64),
+            ("cache_capacity", "gauge", "maximum entries", |c| c.capacity as f64),
+            ("cache_hits_total", "counter", "lookups answered from memory", |c| c.hits as f64),
+            ("cache_misses_total", "counter", "lookups that went to the database", |c| c.misses as f64),
+            ("cache_evictions_total", "counter", "entries pushed out by capacity", |c| c.evictions as f64),
+            ("cache_loads_in_flight", "gauge", "database loads running now", |c| c.loads_in_flight as f64),
+        ];
+        for (name, kind, help, get) in series {
+            let _ = write!(self.0, "# HELP rendezvous_{name} {help}\n# TYPE rendezvous_{name} {kind}\n");
+            for (cache, stats) in caches {
+                let _ = writeln!(self.0, "rendezvous_{name}{{cache=\"{cache}\"}} {}", get(stats));
+            }
+        }
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let h = health_of(&state);
+    let mem = memory::read();
+    let mut p = Prom(String::with_capacity(8192));
+    p.gauge("up", "1 while serving, 0 while draining", if h.status == "ok" { 1.0 } else { 0.0 });
+    p.gauge("uptime_seconds", "seconds since start", h.uptime_seconds as f64);
+    p.gauge("connections", "open WebSocket connections", h.connections.total as f64);
+    p.gauge("connected_users", "distinct connected users", h.connections.users as f64);
+    p.gauge("connection_limit", "global connection cap", h.connections.limit as f64);
+    p.gauge("connection_utilization", "connections / cap", h.connections.utilization);
+    p.gauge("memory_rss_bytes", "resident set size", mem.rss_bytes as f64);
+    p.gauge("memory_allocated_bytes", "bytes allocated by the application", mem.allocated_bytes as f64);
+    p.gauge(
+        "memory_allocator_resident_bytes",
+        "bytes in resident allocator pages",
+        mem.allocator_resident_bytes as f64,
+    );
+    if let Some(g) = &state.parts.guard {
+        let level = match g.level() {
+            crate::guard::Level::Normal => 0.0,
+            crate::guard::Level::Warning => 1.0,
+            crate::guard::Level::Critical => 2.0,
+        };
+        p.gauge("memory_pressure_level", "0 normal, 1 warning, 2 critical", level);
+        p.gauge("memory_budget_bytes", "memory budget", g.stats().budget_bytes as f64);
+    }
+    for (name, help, value) in state.gateway.counters().snapshot() {
+        p.counter(&format!("gateway_{name}_total"), help, value);
+    }
+    if let Some(store) = &state.parts.store {
+        let s = store.stats();
+        p.cache(&[("users", &s.users), ("sessions", &s.sessions), ("queries", &s.queries)]);
+        p.gauge("db_pool_size", "open database connections", f64::from(s.pool.size));
+        p.gauge("db_pool_idle", "idle database connections", s.pool.idle as f64);
+        p.gauge("db_pool_in_use", "database connections in use", s.pool.in_use as f64);
+        p.counter("db_pool_acquires_total", "connection acquisitions", s.pool.acquires);
+        p.counter("db_pool_acquire_failures_total", "failed connection acquisitions", s.pool.acquire_failures);
+        p.gauge(
+            "db_pool_acquire_wait_max_seconds",
+            "longest wait for a connection",
+            s.pool.acquire_wait_max_us as f64 / 1e6,
+        );
+        p.gauge("write_behind_pending", "users whose last_active awaits writing", s.activity.pending as f64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], p.0).into_response()
 }

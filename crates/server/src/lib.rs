@@ -2,36 +2,57 @@
 //!
 //! # Layout
 //! - [`Config`]: the configuration tree and its loading rules.
-//! - [`Server`]: builds the gateway with the right handler and serves a listener.
+//! - [`Server`]: opens the store, builds the gateway with the right handler and
+//!   serves a listener until drained.
 //! - `handlers`: the protocol handler and the echo handler.
-//! - `auth`: development and anonymous authenticators (until the store lands).
-//! - `http`: `/health`, `/ready`, `/metrics`.
+//! - `auth`: the store authenticator (plus development tokens) and anonymous echo.
+//! - `api`: the app backend's HTTP API; `http`: `/health`, `/ready`, `/metrics`.
+//! - `guard`: the memory guard.
 
+mod api;
 mod auth;
 mod config;
+mod guard;
 mod handlers;
 mod http;
 mod memory;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use rendezvous_gateway::{Authenticator, Gateway, GatewayHandle, Handler};
+use anyhow::Context;
+use rendezvous_bus::Bus;
+use rendezvous_gateway::{AdmissionCheck, Authenticator, Gateway, GatewayHandle, Handler};
+use rendezvous_protocol::CloseCode;
+use rendezvous_store::{Revocation, Store};
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
 
-pub use auth::{AnonymousAuthenticator, DevAuthenticator};
-pub use config::{Config, ConfigError, DEFAULT_TOML, LogFormat};
+pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
+pub use config::{ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig};
+pub use guard::{Level, MemoryGuard};
 pub use handlers::{EchoHandler, ProtocolHandler};
-pub use http::{Health, HttpState};
+pub use http::{Health, HttpParts, HttpState};
 
 /// What the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The Rendezvous protocol on the configured paths.
+    /// The Rendezvous protocol on the configured paths, with the store and the API.
     Serve,
-    /// An unauthenticated echo server on `/` and `/ws` for conformance runs.
+    /// An unauthenticated echo server on `/` and `/ws` for conformance runs (no store).
     Echo,
+}
+
+/// Handles a running server hands to its caller (tests use them; the binary ignores them).
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// The gateway.
+    pub gateway: GatewayHandle,
+    /// The store (absent in echo mode).
+    pub store: Option<Arc<Store>>,
 }
 
 /// A configured server, ready to serve a listener.
@@ -56,11 +77,7 @@ impl Server {
             g.connect_rate.per_second = 0;
         }
         let instance = Arc::from(instance_name(&config.server.instance_id));
-        Self {
-            config,
-            mode,
-            instance,
-        }
+        Self { config, mode, instance }
     }
 
     /// This instance's name.
@@ -73,56 +90,132 @@ impl Server {
         &self.config
     }
 
-    /// Serves `listener` until `shutdown` is cancelled, then drains.
-    /// `on_ready` receives the gateway handle once serving starts.
+    /// Serves `listener` until `shutdown` is cancelled, then drains, stops the
+    /// background work and flushes the write-behind buffer. `on_ready` receives
+    /// handles once serving starts.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
-        on_ready: impl FnOnce(GatewayHandle) + Send,
+        on_ready: impl FnOnce(Running) + Send,
     ) -> anyhow::Result<()> {
-        match self.mode {
-            Mode::Serve => {
-                let handler = ProtocolHandler::new(
-                    self.instance.to_string(),
-                    self.config.gateway.heartbeat.interval_ms,
-                );
-                self.run_with(DevAuthenticator, handler, listener, shutdown, on_ready)
-                    .await
-            }
+        let background = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let result = match self.mode {
+            Mode::Serve => self.serve(listener, shutdown, on_ready, &tracker, &background).await,
             Mode::Echo => {
-                self.run_with(
-                    AnonymousAuthenticator::default(),
-                    EchoHandler,
-                    listener,
-                    shutdown,
-                    on_ready,
-                )
-                .await
+                let http = HttpParts { instance: self.instance.clone(), store: None, guard: None, bus: None };
+                let gateway =
+                    Gateway::new(self.config.gateway.clone(), AnonymousAuthenticator::default(), EchoHandler)?;
+                on_ready(Running { gateway: gateway.handle(), store: None });
+                serve_gateway(gateway, listener, http, axum::Router::new(), shutdown).await
             }
-        }
+        };
+        background.cancel();
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("stopped");
+        result
     }
 
-    async fn run_with<A: Authenticator, H: Handler>(
+    async fn serve(
         self,
-        auth: A,
-        handler: H,
         listener: TcpListener,
         shutdown: CancellationToken,
-        on_ready: impl FnOnce(GatewayHandle) + Send,
+        on_ready: impl FnOnce(Running) + Send,
+        tracker: &TaskTracker,
+        background: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let gateway = Gateway::new(self.config.gateway.clone(), auth, handler)?;
-        let handle = gateway.handle();
-        let router = http::router(HttpState {
-            gateway: handle.clone(),
+        let cfg = &self.config;
+        let bus = Bus::in_process(self.instance.clone(), cfg.store.bus_capacity);
+        let store = Store::open(&cfg.database, cfg.store.clone(), bus.clone()).await.with_context(|| {
+            format!(
+                "cannot open the database at {} (database.url / DATABASE_URL)",
+                redact(&cfg.database.effective_url())
+            )
+        })?;
+        store.spawn_background(tracker, background.clone());
+        let guard = Arc::new(MemoryGuard::new(&cfg.memory));
+        let interval = Duration::from_millis(cfg.memory.check_interval_ms);
+        tracker.spawn(guard.clone().watch(
+            Some(store.clone()),
+            interval,
+            cfg.memory.critical_cache_factor,
+            background.clone(),
+        ));
+        let admission: AdmissionCheck = {
+            let guard = guard.clone();
+            Arc::new(move || (guard.level() == Level::Critical).then_some("server is low on memory; retry shortly"))
+        };
+        let auth = StoreAuthenticator::new(store.clone(), cfg.auth.dev_tokens);
+        let handler =
+            ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()));
+        let gateway = Gateway::with_admission(cfg.gateway.clone(), auth, handler, Some(admission))?;
+        tracker.spawn(close_revoked(store.revocations(), gateway.handle(), background.clone()));
+        let http = HttpParts {
             instance: self.instance.clone(),
-            started: Instant::now(),
-        });
-        tracing::info!(addr = %listener.local_addr()?, instance = %self.instance, mode = ?self.mode, "serving");
-        on_ready(handle);
-        gateway.run(listener, router, shutdown).await?;
-        tracing::info!("drained; exiting");
-        Ok(())
+            store: Some(store.clone()),
+            guard: Some(guard),
+            bus: Some(bus),
+        };
+        let api = api::router(store.clone(), cfg.api.clone());
+        on_ready(Running { gateway: gateway.handle(), store: Some(store) });
+        serve_gateway(gateway, listener, http, api, shutdown).await
+    }
+}
+
+async fn serve_gateway<A: Authenticator, H: Handler>(
+    gateway: Gateway<A, H>,
+    listener: TcpListener,
+    parts: HttpParts,
+    extra: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let router = http::router(HttpState::new(gateway.handle(), parts), extra);
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    gateway.run(listener, router, shutdown).await?;
+    tracing::info!("drained");
+    Ok(())
+}
+
+/// Closes the live connections of revoked sessions (4001), whichever instance revoked them.
+async fn close_revoked(
+    mut revocations: broadcast::Receiver<Revocation>,
+    gateway: GatewayHandle,
+    stop: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            r = revocations.recv() => r,
+        };
+        match received {
+            Ok(r) => {
+                for conn in gateway.connections_of(&r.user_id) {
+                    if r.session_id.is_none() || conn.session_id() == r.session_id.as_deref() {
+                        conn.close(CloseCode::SessionRevoked, CloseCode::SessionRevoked.default_reason());
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "revocation stream lagged; some connections may outlive their session")
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The URL without its password, for error messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -137,4 +230,13 @@ fn instance_name(configured: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "rendezvous".into());
     format!("{host}-{:04x}", rand::random::<u16>())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("sqlite:data/x.sqlite"), "sqlite:data/x.sqlite");
+    }
 }

@@ -47,17 +47,11 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&config).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rendezvous: cannot start the runtime: {e}");
@@ -89,15 +83,14 @@ async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT drains");
-                    let _ = ctrl_c.await;
-                    return token.cancel();
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT drains");
+                let _ = ctrl_c.await;
+                return token.cancel();
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -110,8 +103,7 @@ async fn cancel_on_signal(token: CancellationToken) {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.server.log_format {
         LogFormat::Json => builder.json().init(),

@@ -20,8 +20,7 @@ pub fn read() -> MemoryStats {
     MemoryStats {
         rss_bytes: rss_bytes().unwrap_or(0),
         allocated_bytes: tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |v| v as u64),
-        allocator_resident_bytes: tikv_jemalloc_ctl::stats::resident::read()
-            .map_or(0, |v| v as u64),
+        allocator_resident_bytes: tikv_jemalloc_ctl::stats::resident::read().map_or(0, |v| v as u64),
     }
 }
 

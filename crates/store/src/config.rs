@@ -18,12 +18,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: None,
-            sqlite_path: "data/rendezvous.sqlite".into(),
-            max_connections: 10,
-            acquire_timeout_ms: 2_000,
-        }
+        Self { url: None, sqlite_path: "data/rendezvous.sqlite".into(), max_connections: 10, acquire_timeout_ms: 2_000 }
     }
 }
 
@@ -81,10 +76,7 @@ impl DatabaseConfig {
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.url {
-            if !(url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-                || url.starts_with("sqlite:"))
-            {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
                 return Err(ConfigError {
                     key: "database.url",
                     problem: "must start with postgres://, postgresql:// or sqlite:".into(),
@@ -92,31 +84,20 @@ impl DatabaseConfig {
             }
         }
         if self.sqlite_path.is_empty() {
-            return Err(ConfigError {
-                key: "database.sqlite_path",
-                problem: "must not be empty".into(),
-            });
+            return Err(ConfigError { key: "database.sqlite_path", problem: "must not be empty".into() });
         }
         if self.max_connections == 0 {
-            return Err(ConfigError {
-                key: "database.max_connections",
-                problem: "must be at least 1".into(),
-            });
+            return Err(ConfigError { key: "database.max_connections", problem: "must be at least 1".into() });
         }
         if self.acquire_timeout_ms == 0 {
-            return Err(ConfigError {
-                key: "database.acquire_timeout_ms",
-                problem: "must be greater than 0".into(),
-            });
+            return Err(ConfigError { key: "database.acquire_timeout_ms", problem: "must be greater than 0".into() });
         }
         Ok(())
     }
 
     /// The URL to connect to: `url`, or the SQLite file.
     pub fn effective_url(&self) -> String {
-        self.url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite:{}", self.sqlite_path))
+        self.url.clone().unwrap_or_else(|| format!("sqlite:{}", self.sqlite_path))
     }
 }
 
@@ -125,14 +106,8 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, v) in [
             ("store.user_cache_capacity", self.user_cache_capacity as u64),
-            (
-                "store.session_cache_capacity",
-                self.session_cache_capacity as u64,
-            ),
-            (
-                "store.query_cache_capacity",
-                self.query_cache_capacity as u64,
-            ),
+            ("store.session_cache_capacity", self.session_cache_capacity as u64),
+            ("store.query_cache_capacity", self.query_cache_capacity as u64),
             ("store.query_cache_ttl_ms", self.query_cache_ttl_ms),
             ("store.session_ttl_ms", self.session_ttl_ms),
             ("store.activity_flush_ms", self.activity_flush_ms),
@@ -141,10 +116,7 @@ impl StoreConfig {
             ("store.bus_capacity", self.bus_capacity as u64),
         ] {
             if v == 0 {
-                return Err(ConfigError {
-                    key,
-                    problem: "must be greater than 0".into(),
-                });
+                return Err(ConfigError { key, problem: "must be greater than 0".into() });
             }
         }
         Ok(())
@@ -159,15 +131,9 @@ mod tests {
     fn defaults_are_valid_and_zeroes_are_named() {
         StoreConfig::default().validate().unwrap();
         DatabaseConfig::default().validate().unwrap();
-        let c = StoreConfig {
-            query_cache_ttl_ms: 0,
-            ..Default::default()
-        };
+        let c = StoreConfig { query_cache_ttl_ms: 0, ..Default::default() };
         assert_eq!(c.validate().unwrap_err().key, "store.query_cache_ttl_ms");
-        let d = DatabaseConfig {
-            url: Some("mysql://x".into()),
-            ..Default::default()
-        };
+        let d = DatabaseConfig { url: Some("mysql://x".into()), ..Default::default() };
         assert_eq!(d.validate().unwrap_err().key, "database.url");
     }
 }

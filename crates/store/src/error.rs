@@ -31,9 +31,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
             sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
+                if db.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
             {
                 // Postgres connection-exception class and admin shutdown.
                 StoreError::Unavailable(e)
@@ -62,9 +60,6 @@ pub struct SharedError {
 
 impl From<&StoreError> for SharedError {
     fn from(e: &StoreError) -> Self {
-        SharedError {
-            message: e.to_string(),
-            unavailable: e.is_unavailable(),
-        }
+        SharedError { message: e.to_string(), unavailable: e.is_unavailable() }
     }
 }

@@ -47,17 +47,10 @@ impl Invalidation {
     /// The revocation this implies, if any.
     pub fn revocation(&self) -> Option<Revocation> {
         match self {
-            Invalidation::Session {
-                session_id,
-                user_id,
-            } => Some(Revocation {
-                user_id: user_id.clone(),
-                session_id: Some(session_id.clone()),
-            }),
-            Invalidation::UserSessions { user_id } => Some(Revocation {
-                user_id: user_id.clone(),
-                session_id: None,
-            }),
+            Invalidation::Session { session_id, user_id } => {
+                Some(Revocation { user_id: user_id.clone(), session_id: Some(session_id.clone()) })
+            }
+            Invalidation::UserSessions { user_id } => Some(Revocation { user_id: user_id.clone(), session_id: None }),
             _ => None,
         }
     }

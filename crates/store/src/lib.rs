@@ -19,6 +19,8 @@ mod error;
 mod invalidation;
 mod model;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use activity::ActivityStats;
 pub use cache::{CacheStats, CountingLru, QueryCache};
@@ -26,7 +28,5 @@ pub use config::{ConfigError, DatabaseConfig, StoreConfig};
 pub use db::{Db, PoolStats};
 pub use error::{SharedError, StoreError};
 pub use invalidation::{INVALIDATION_TOPIC, Invalidation, Revocation};
-pub use model::{
-    AuthSession, Call, GENDERS, Invalid, IssuedSession, NewUser, Session, User, UserPatch,
-};
+pub use model::{AuthSession, Call, GENDERS, Invalid, IssuedSession, NewUser, Session, User, UserPatch};
 pub use store::{Store, StoreStats, now_ms};

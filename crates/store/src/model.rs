@@ -80,9 +80,7 @@ pub struct UserPatch {
     pub banned: Option<bool>,
 }
 
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -153,19 +151,13 @@ pub struct Invalid {
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> Result<(), Invalid> {
-    Err(Invalid {
-        field,
-        problem: problem.into(),
-    })
+    Err(Invalid { field, problem: problem.into() })
 }
 
 pub(crate) fn check_display_name(v: &str) -> Result<(), Invalid> {
     let n = v.trim().chars().count();
     if n == 0 || n > 64 || v.chars().any(char::is_control) {
-        return invalid(
-            "display_name",
-            "must be 1 to 64 characters without control characters",
-        );
+        return invalid("display_name", "must be 1 to 64 characters without control characters");
     }
     Ok(())
 }
@@ -178,15 +170,9 @@ pub(crate) fn check_gender(v: &str) -> Result<(), Invalid> {
 }
 
 pub(crate) fn check_url(field: &'static str, v: &str) -> Result<(), Invalid> {
-    let rest = v
-        .strip_prefix("https://")
-        .or_else(|| v.strip_prefix("http://"));
+    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"));
     match rest {
-        Some(r)
-            if !r.is_empty()
-                && v.len() <= 2048
-                && !v.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-        {
+        Some(r) if !r.is_empty() && v.len() <= 2048 && !v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             Ok(())
         }
         _ => invalid(field, "must be an http(s) URL of at most 2048 characters"),
@@ -205,19 +191,15 @@ pub(crate) fn check_socials(v: &serde_json::Map<String, serde_json::Value>) -> R
         return invalid("socials", "at most 10 entries");
     }
     for (k, val) in v {
-        let key_ok = (1..=32).contains(&k.len())
-            && k.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let key_ok =
+            (1..=32).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !key_ok {
             return invalid("socials", format!("key `{k}` must be 1-32 of [a-z0-9_]"));
         }
         match val.as_str() {
             Some(s) if s.len() <= 256 => {}
             _ => {
-                return invalid(
-                    "socials",
-                    format!("value of `{k}` must be a string of at most 256 bytes"),
-                );
+                return invalid("socials", format!("value of `{k}` must be a string of at most 256 bytes"));
             }
         }
     }
@@ -303,69 +285,21 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let ok = NewUser {
-            display_name: "Ada".into(),
-            ..Default::default()
-        };
+        let ok = NewUser { display_name: "Ada".into(), ..Default::default() };
         ok.validate().unwrap();
         let cases = [
-            (
-                NewUser {
-                    display_name: " ".into(),
-                    ..Default::default()
-                },
-                "display_name",
-            ),
-            (
-                NewUser {
-                    display_name: "x".repeat(65),
-                    ..Default::default()
-                },
-                "display_name",
-            ),
-            (
-                NewUser {
-                    gender: Some("robot".into()),
-                    ..ok.clone()
-                },
-                "gender",
-            ),
-            (
-                NewUser {
-                    selfie_url: Some("javascript:alert(1)".into()),
-                    ..ok.clone()
-                },
-                "selfie_url",
-            ),
-            (
-                NewUser {
-                    video_url: Some("https://a b".into()),
-                    ..ok.clone()
-                },
-                "video_url",
-            ),
-            (
-                NewUser {
-                    bio: Some("x".repeat(501)),
-                    ..ok.clone()
-                },
-                "bio",
-            ),
+            (NewUser { display_name: " ".into(), ..Default::default() }, "display_name"),
+            (NewUser { display_name: "x".repeat(65), ..Default::default() }, "display_name"),
+            (NewUser { gender: Some("robot".into()), ..ok.clone() }, "gender"),
+            (NewUser { selfie_url: Some("javascript:alert(1)".into()), ..ok.clone() }, "selfie_url"),
+            (NewUser { video_url: Some("https://a b".into()), ..ok.clone() }, "video_url"),
+            (NewUser { bio: Some("x".repeat(501)), ..ok.clone() }, "bio"),
         ];
         for (input, field) in cases {
             assert_eq!(input.validate().unwrap_err().field, field);
         }
         let socials: serde_json::Map<_, _> = serde_json::from_str(r#"{"Insta!":"x"}"#).unwrap();
-        assert_eq!(
-            NewUser {
-                socials: Some(socials),
-                ..ok
-            }
-            .validate()
-            .unwrap_err()
-            .field,
-            "socials"
-        );
+        assert_eq!(NewUser { socials: Some(socials), ..ok }.validate().unwrap_err().field, "socials");
     }
 
     #[test]

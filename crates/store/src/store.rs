@@ -36,9 +36,7 @@ type TokenHash = [u8; 32];
 
 /// Current wall-clock time in Unix milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn hash_token(token: &str) -> TokenHash {
@@ -72,6 +70,12 @@ pub struct Store {
     revocations: broadcast::Sender<Revocation>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.db.pool_stats().backend).finish_non_exhaustive()
+    }
+}
+
 fn shared_to_store(e: SharedError) -> StoreError {
     if e.unavailable {
         StoreError::Unavailable(sqlx::Error::Protocol(e.message))
@@ -82,24 +86,13 @@ fn shared_to_store(e: SharedError) -> StoreError {
 
 impl Store {
     /// Connects, migrates and builds the caches. Call [`Store::spawn_background`] next.
-    pub async fn open(
-        db: &DatabaseConfig,
-        cfg: StoreConfig,
-        bus: Bus,
-    ) -> Result<Arc<Store>, StoreError> {
-        let db = Db::connect(
-            &db.effective_url(),
-            db.max_connections,
-            Duration::from_millis(db.acquire_timeout_ms),
-        )
-        .await?;
+    pub async fn open(db: &DatabaseConfig, cfg: StoreConfig, bus: Bus) -> Result<Arc<Store>, StoreError> {
+        let db =
+            Db::connect(&db.effective_url(), db.max_connections, Duration::from_millis(db.acquire_timeout_ms)).await?;
         Ok(Arc::new(Store {
             users: CountingLru::new(cfg.user_cache_capacity),
             sessions: CountingLru::new(cfg.session_cache_capacity),
-            queries: QueryCache::new(
-                cfg.query_cache_capacity,
-                Duration::from_millis(cfg.query_cache_ttl_ms),
-            ),
+            queries: QueryCache::new(cfg.query_cache_capacity, Duration::from_millis(cfg.query_cache_ttl_ms)),
             activity: ActivityBuffer::new(cfg.activity_buffer_max),
             revocations: broadcast::channel(cfg.bus_capacity).0,
             db,
@@ -139,7 +132,9 @@ impl Store {
                     Some(Received::Message(m)) if *m.origin == *me.bus.instance() => {}
                     Some(Received::Message(m)) => match serde_json::from_slice::<Invalidation>(&m.payload) {
                         Ok(inv) => me.apply(&inv),
-                        Err(e) => warn!(error = %e, origin = %m.origin, "unreadable invalidation; clearing every cache"),
+                        Err(e) => {
+                            warn!(error = %e, origin = %m.origin, "unreadable invalidation; clearing every cache")
+                        }
                     },
                 }
             }
@@ -184,8 +179,7 @@ impl Store {
                 self.queries.invalidate_prefix(&format!("user:{user_id}:"));
             }
             Invalidation::Session { session_id, .. } => {
-                self.sessions
-                    .invalidate_where(|_, s| s.session_id == *session_id);
+                self.sessions.invalidate_where(|_, s| s.session_id == *session_id);
                 self.queries.invalidate_prefix("session:");
             }
             Invalidation::UserSessions { user_id } => {
@@ -256,9 +250,7 @@ impl Store {
         };
         self.db.insert_user(&user).await?;
         // A lookup that missed before creation may have cached "no such user".
-        self.invalidate(Invalidation::User {
-            user_id: user.id.clone(),
-        });
+        self.invalidate(Invalidation::User { user_id: user.id.clone() });
         Ok(user)
     }
 
@@ -269,9 +261,7 @@ impl Store {
         }
         let loaded = self
             .queries
-            .get_or_load(&format!("user:{id}:profile"), || async {
-                Ok(Cached::User(self.db.user(id).await?))
-            })
+            .get_or_load(&format!("user:{id}:profile"), || async { Ok(Cached::User(self.db.user(id).await?)) })
             .await
             .map_err(shared_to_store)?;
         match loaded {
@@ -286,22 +276,14 @@ impl Store {
     /// Applies `patch` to a user.
     pub async fn update_user(&self, id: &str, patch: UserPatch) -> Result<User, StoreError> {
         patch.validate()?;
-        let mut user = self
-            .db
-            .user(id)
-            .await?
-            .ok_or(StoreError::NotFound("user"))?;
+        let mut user = self.db.user(id).await?.ok_or(StoreError::NotFound("user"))?;
         patch.apply(&mut user);
         if !self.db.update_user(&user).await? {
             return Err(StoreError::NotFound("user"));
         }
-        self.invalidate(Invalidation::User {
-            user_id: id.to_owned(),
-        });
+        self.invalidate(Invalidation::User { user_id: id.to_owned() });
         if patch.banned == Some(true) {
-            self.invalidate(Invalidation::UserSessions {
-                user_id: id.to_owned(),
-            });
+            self.invalidate(Invalidation::UserSessions { user_id: id.to_owned() });
         }
         Ok(user)
     }
@@ -311,12 +293,8 @@ impl Store {
         if !self.db.delete_user(id).await? {
             return Err(StoreError::NotFound("user"));
         }
-        self.invalidate(Invalidation::User {
-            user_id: id.to_owned(),
-        });
-        self.invalidate(Invalidation::UserSessions {
-            user_id: id.to_owned(),
-        });
+        self.invalidate(Invalidation::User { user_id: id.to_owned() });
+        self.invalidate(Invalidation::UserSessions { user_id: id.to_owned() });
         Ok(())
     }
 
@@ -345,9 +323,7 @@ impl Store {
             user_agent,
             ip,
         };
-        self.db
-            .insert_session(&session, &hash_token(&token))
-            .await?;
+        self.db.insert_session(&session, &hash_token(&token)).await?;
         Ok(IssuedSession { token, session })
     }
 
@@ -365,9 +341,7 @@ impl Store {
         let key = format!("session:{}", URL_SAFE_NO_PAD.encode(hash));
         let loaded = self
             .queries
-            .get_or_load(&key, || async {
-                Ok(Cached::Session(self.db.session_by_hash(&hash, now).await?))
-            })
+            .get_or_load(&key, || async { Ok(Cached::Session(self.db.session_by_hash(&hash, now).await?)) })
             .await
             .map_err(shared_to_store)?;
         // Negative answers are not kept: a token issued a moment later must work at once.
@@ -383,24 +357,15 @@ impl Store {
 
     /// Revokes one session everywhere; its live connections close within a second.
     pub async fn revoke_session(&self, session_id: &str) -> Result<(), StoreError> {
-        let owner = self
-            .db
-            .revoke_session(session_id, now_ms())
-            .await?
-            .ok_or(StoreError::NotFound("session"))?;
-        self.invalidate(Invalidation::Session {
-            session_id: session_id.to_owned(),
-            user_id: owner,
-        });
+        let owner = self.db.revoke_session(session_id, now_ms()).await?.ok_or(StoreError::NotFound("session"))?;
+        self.invalidate(Invalidation::Session { session_id: session_id.to_owned(), user_id: owner });
         Ok(())
     }
 
     /// Revokes every session of a user; returns how many were live.
     pub async fn revoke_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
         let ids = self.db.revoke_user_sessions(user_id, now_ms()).await?;
-        self.invalidate(Invalidation::UserSessions {
-            user_id: user_id.to_owned(),
-        });
+        self.invalidate(Invalidation::UserSessions { user_id: user_id.to_owned() });
         Ok(ids.len())
     }
 
@@ -433,27 +398,18 @@ impl Store {
 
     fn invalidate_calls(&self, a: &str, b: &str) {
         for user in [a, b] {
-            self.invalidate(Invalidation::User {
-                user_id: user.to_owned(),
-            });
+            self.invalidate(Invalidation::User { user_id: user.to_owned() });
         }
     }
 
     /// A user's call history, newest first, cached for the query-cache TTL.
-    pub async fn calls_of(
-        &self,
-        user_id: &str,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Arc<Vec<Call>>, StoreError> {
+    pub async fn calls_of(&self, user_id: &str, before: Option<i64>, limit: u32) -> Result<Arc<Vec<Call>>, StoreError> {
         let before = before.unwrap_or(i64::MAX);
         let key = format!("user:{user_id}:calls:{before}:{limit}");
         match self
             .queries
             .get_or_load(&key, || async {
-                Ok(Cached::Calls(Arc::new(
-                    self.db.calls_of(user_id, before, limit).await?,
-                )))
+                Ok(Cached::Calls(Arc::new(self.db.calls_of(user_id, before, limit).await?)))
             })
             .await
         {
@@ -466,9 +422,7 @@ impl Store {
     /// Starts (or extends) a cooldown between two users.
     pub async fn put_cooldown(&self, a: &str, b: &str, until: i64) -> Result<(), StoreError> {
         self.db.put_cooldown(a, b, until).await?;
-        self.invalidate(Invalidation::Key {
-            key: pair_key(a, b),
-        });
+        self.invalidate(Invalidation::Key { key: pair_key(a, b) });
         Ok(())
     }
 
@@ -477,9 +431,7 @@ impl Store {
         let key = pair_key(a, b);
         match self
             .queries
-            .get_or_load(&key, || async {
-                Ok(Cached::Cooldown(self.db.cooldown_until(a, b).await?))
-            })
+            .get_or_load(&key, || async { Ok(Cached::Cooldown(self.db.cooldown_until(a, b).await?)) })
             .await
         {
             Ok(Cached::Cooldown(Some(until))) => Ok(until > now_ms()),
@@ -491,12 +443,8 @@ impl Store {
     /// `blocker` blocks `blocked`.
     pub async fn block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
         self.db.put_block(blocker, blocked, now_ms()).await?;
-        self.invalidate(Invalidation::User {
-            user_id: blocker.to_owned(),
-        });
-        self.invalidate(Invalidation::User {
-            user_id: blocked.to_owned(),
-        });
+        self.invalidate(Invalidation::User { user_id: blocker.to_owned() });
+        self.invalidate(Invalidation::User { user_id: blocked.to_owned() });
         Ok(())
     }
 
@@ -505,9 +453,7 @@ impl Store {
         let key = format!("user:{user_id}:blocks");
         match self
             .queries
-            .get_or_load(&key, || async {
-                Ok(Cached::Blocks(Arc::new(self.db.blocks_of(user_id).await?)))
-            })
+            .get_or_load(&key, || async { Ok(Cached::Blocks(Arc::new(self.db.blocks_of(user_id).await?))) })
             .await
         {
             Ok(Cached::Blocks(b)) => Ok(b),
@@ -517,21 +463,8 @@ impl Store {
     }
 
     /// Files a report.
-    pub async fn report(
-        &self,
-        reporter: &str,
-        reported: &str,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        self.db
-            .insert_report(
-                &uuid::Uuid::new_v4().to_string(),
-                reporter,
-                reported,
-                reason,
-                now_ms(),
-            )
-            .await
+    pub async fn report(&self, reporter: &str, reported: &str, reason: &str) -> Result<(), StoreError> {
+        self.db.insert_report(&uuid::Uuid::new_v4().to_string(), reporter, reported, reason, now_ms()).await
     }
 
     /// Notes that a user was active now; written behind in batches.

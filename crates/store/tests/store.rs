@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, fresh_database, open, open_with};
+
 use rendezvous_bus::Bus;
 use rendezvous_store::{NewUser, StoreConfig, StoreError, UserPatch};
 
@@ -28,77 +29,35 @@ both_backends!(users_round_trip_and_validate, |backend| {
     assert_eq!(changed.bio, "hi");
     assert_eq!(changed.selfie_url, None);
     assert_eq!(store.user(&u.id).await.unwrap().unwrap().bio, "hi");
-    let bad = NewUser {
-        display_name: String::new(),
-        ..ada()
-    };
-    assert!(
-        matches!(store.create_user(bad).await, Err(StoreError::Invalid(i)) if i.field == "display_name")
-    );
+    let bad = NewUser { display_name: String::new(), ..ada() };
+    assert!(matches!(store.create_user(bad).await, Err(StoreError::Invalid(i)) if i.field == "display_name"));
     store.delete_user(&u.id).await.unwrap();
     assert_eq!(store.user(&u.id).await.unwrap(), None);
-    assert!(matches!(
-        store.delete_user(&u.id).await,
-        Err(StoreError::NotFound("user"))
-    ));
+    assert!(matches!(store.delete_user(&u.id).await, Err(StoreError::NotFound("user"))));
 });
 
 both_backends!(sessions_authenticate_revoke_and_expire, |backend| {
     let store = open(backend).await;
     let u = store.create_user(ada()).await.unwrap();
-    let issued = store
-        .issue_session(&u.id, None, Some("tests".into()), None)
-        .await
-        .unwrap();
-    assert!(
-        issued.token.len() >= 40,
-        "token must carry at least 128 bits"
-    );
+    let issued = store.issue_session(&u.id, None, Some("tests".into()), None).await.unwrap();
+    assert!(issued.token.len() >= 40, "token must carry at least 128 bits");
     // Miss (database), then hit (session LRU).
-    assert_eq!(
-        store
-            .authenticate(&issued.token)
-            .await
-            .unwrap()
-            .unwrap()
-            .user_id,
-        u.id
-    );
-    assert_eq!(
-        store
-            .authenticate(&issued.token)
-            .await
-            .unwrap()
-            .unwrap()
-            .session_id,
-        issued.session.id
-    );
+    assert_eq!(store.authenticate(&issued.token).await.unwrap().unwrap().user_id, u.id);
+    assert_eq!(store.authenticate(&issued.token).await.unwrap().unwrap().session_id, issued.session.id);
     let s = store.stats().sessions;
     assert_eq!((s.hits, s.misses, s.size), (1, 1, 1));
     assert_eq!(store.db().statement_count("session_by_hash"), 1);
     assert_eq!(store.authenticate("rv_not-a-token").await.unwrap(), None);
     store.revoke_session(&issued.session.id).await.unwrap();
     assert_eq!(store.authenticate(&issued.token).await.unwrap(), None);
-    assert!(matches!(
-        store.revoke_session(&issued.session.id).await,
-        Err(StoreError::NotFound(_))
-    ));
-    let short = store
-        .issue_session(&u.id, Some(Duration::from_millis(1)), None, None)
-        .await
-        .unwrap();
+    assert!(matches!(store.revoke_session(&issued.session.id).await, Err(StoreError::NotFound(_))));
+    let short = store.issue_session(&u.id, Some(Duration::from_millis(1)), None, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await; // wall-clock expiry of a stored row, not a test wait
     assert_eq!(store.authenticate(&short.token).await.unwrap(), None);
     let banned = store.issue_session(&u.id, None, None, None).await.unwrap();
-    store
-        .update_user(&u.id, serde_json::from_str(r#"{"banned":true}"#).unwrap())
-        .await
-        .unwrap();
+    store.update_user(&u.id, serde_json::from_str(r#"{"banned":true}"#).unwrap()).await.unwrap();
     assert_eq!(store.authenticate(&banned.token).await.unwrap(), None);
-    assert!(matches!(
-        store.issue_session("nobody", None, None, None).await,
-        Err(StoreError::NotFound("user"))
-    ));
+    assert!(matches!(store.issue_session("nobody", None, None, None).await, Err(StoreError::NotFound("user"))));
 });
 
 both_backends!(tokens_are_stored_only_as_hashes, |backend| {
@@ -114,16 +73,10 @@ both_backends!(tokens_are_stored_only_as_hashes, |backend| {
     let url = db.effective_url();
     let raw: Vec<u8> = if backend == Backend::Postgres {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::query_scalar("SELECT token_hash FROM sessions")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT token_hash FROM sessions").fetch_one(&pool).await.unwrap()
     } else {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        sqlx::query_scalar("SELECT token_hash FROM sessions")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT token_hash FROM sessions").fetch_one(&pool).await.unwrap()
     };
     assert_eq!(raw.len(), 32);
     assert_ne!(raw, issued.token.as_bytes());
@@ -203,10 +156,7 @@ both_backends!(cooldowns_blocks_and_reports, |backend| {
     let a = store.create_user(ada()).await.unwrap();
     let b = store.create_user(ada()).await.unwrap();
     assert!(!store.in_cooldown(&a.id, &b.id).await.unwrap());
-    store
-        .put_cooldown(&b.id, &a.id, rendezvous_store::now_ms() + 60_000)
-        .await
-        .unwrap();
+    store.put_cooldown(&b.id, &a.id, rendezvous_store::now_ms() + 60_000).await.unwrap();
     assert!(store.in_cooldown(&a.id, &b.id).await.unwrap());
     store.block(&a.id, &b.id).await.unwrap();
     assert_eq!(*store.blocks_of(&b.id).await.unwrap(), vec![a.id.clone()]);
@@ -227,19 +177,11 @@ both_backends!(another_instance_drops_its_copy_after_a_write, |backend| {
     let u = a.create_user(ada()).await.unwrap();
     assert_eq!(a.user(&u.id).await.unwrap().unwrap().bio, "");
     assert_eq!(a.stats().users.size, 1);
-    b.update_user(
-        &u.id,
-        serde_json::from_str(r#"{"bio":"changed on b"}"#).unwrap(),
-    )
-    .await
-    .unwrap();
+    b.update_user(&u.id, serde_json::from_str(r#"{"bio":"changed on b"}"#).unwrap()).await.unwrap();
     // Delivery is asynchronous: wait for the copy to go, bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while a.stats().users.size != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "instance a kept its stale copy"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "instance a kept its stale copy");
         tokio::task::yield_now().await;
     }
     assert_eq!(a.user(&u.id).await.unwrap().unwrap().bio, "changed on b");
@@ -266,11 +208,7 @@ both_backends!(revocation_reaches_every_instance, |backend| {
         .expect("no revocation within 1 s")
         .unwrap();
     assert_eq!(r.session_id.as_deref(), Some(issued.session.id.as_str()));
-    assert_eq!(
-        a.authenticate(&issued.token).await.unwrap(),
-        None,
-        "a still trusted its cached session"
-    );
+    assert_eq!(a.authenticate(&issued.token).await.unwrap(), None, "a still trusted its cached session");
     stop.cancel();
 });
 
@@ -280,40 +218,18 @@ both_backends!(last_active_is_written_behind_in_one_batch, |backend| {
     for _ in 0..20 {
         ids.push(store.create_user(ada()).await.unwrap().id);
     }
-    let before = store
-        .db()
-        .stored_last_active(&ids[0])
-        .await
-        .unwrap()
-        .unwrap();
+    let before = store.db().stored_last_active(&ids[0]).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(3)).await; // let the wall clock move past `before`
     for _ in 0..50 {
         for id in &ids {
             store.touch(id);
         }
     }
-    assert_eq!(
-        store
-            .db()
-            .stored_last_active(&ids[0])
-            .await
-            .unwrap()
-            .unwrap(),
-        before,
-        "no write per touch"
-    );
+    assert_eq!(store.db().stored_last_active(&ids[0]).await.unwrap().unwrap(), before, "no write per touch");
     assert_eq!(store.stats().activity.pending, 20);
     assert_eq!(store.flush_activity().await.unwrap(), 20);
     assert_eq!(store.db().statement_count("touch_many"), 1);
-    assert!(
-        store
-            .db()
-            .stored_last_active(&ids[0])
-            .await
-            .unwrap()
-            .unwrap()
-            > before
-    );
+    assert!(store.db().stored_last_active(&ids[0]).await.unwrap().unwrap() > before);
 });
 
 both_backends!(shutdown_flushes_the_write_behind_buffer, |backend| {

@@ -28,20 +28,14 @@ pub struct DeflateParams {
 /// Picks the first acceptable `permessage-deflate` offer from `Sec-WebSocket-Extensions`
 /// values and returns its parameters and the response header value. Unacceptable offers
 /// are skipped, as RFC 7692 §5 allows; none acceptable means no compression.
-pub fn negotiate<'a>(
-    header_values: impl IntoIterator<Item = &'a str>,
-) -> Option<(DeflateParams, String)> {
+pub fn negotiate<'a>(header_values: impl IntoIterator<Item = &'a str>) -> Option<(DeflateParams, String)> {
     for value in header_values {
         for offer in split_outside_quotes(value, ',') {
             if let Some(params) = accept_offer(offer) {
-                let mut response = String::from(
-                    "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
-                );
+                let mut response =
+                    String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
                 if params.server_window_bits != MAX_WINDOW_BITS {
-                    response.push_str(&format!(
-                        "; server_max_window_bits={}",
-                        params.server_window_bits
-                    ));
+                    response.push_str(&format!("; server_max_window_bits={}", params.server_window_bits));
                 }
                 return Some((params, response));
             }
@@ -132,20 +126,14 @@ pub struct DeflatePool {
 
 impl std::fmt::Debug for DeflatePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeflatePool")
-            .field("level", &self.level)
-            .finish_non_exhaustive()
+        f.debug_struct("DeflatePool").field("level", &self.level).finish_non_exhaustive()
     }
 }
 
 impl DeflatePool {
     /// A pool compressing at `level` (0–9).
     pub fn new(level: u32) -> Self {
-        Self {
-            level: Compression::new(level),
-            compressors: Default::default(),
-            decompressors: Mutex::new(Vec::new()),
-        }
+        Self { level: Compression::new(level), compressors: Default::default(), decompressors: Mutex::new(Vec::new()) }
     }
 
     /// Compresses one whole message for a `window_bits` peer; the RFC 7692 tail is stripped.
@@ -153,8 +141,7 @@ impl DeflatePool {
         let bits = window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
         let slot = &self.compressors[usize::from(bits - MIN_WINDOW_BITS)];
         let pooled = slot.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut c =
-            pooled.unwrap_or_else(|| Compress::new_with_window_bits(self.level, false, bits));
+        let mut c = pooled.unwrap_or_else(|| Compress::new_with_window_bits(self.level, false, bits));
         let mut out = Vec::with_capacity(payload.len() / 2 + 64);
         let mut consumed = 0;
         loop {
@@ -182,13 +169,8 @@ impl DeflatePool {
 
     /// Inflates one whole compressed message, refusing output longer than `limit` bytes.
     pub fn decompress(&self, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
-        let pooled = self
-            .decompressors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        let mut d =
-            pooled.unwrap_or_else(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
+        let pooled = self.decompressors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut d = pooled.unwrap_or_else(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
         let result = inflate(&mut d, compressed, limit);
         d.reset(false);
         let mut pool = self.decompressors.lock().unwrap_or_else(|e| e.into_inner());
@@ -200,8 +182,7 @@ impl DeflatePool {
 }
 
 fn inflate(d: &mut Decompress, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
-    let mut out: Vec<u8> =
-        Vec::with_capacity((compressed.len() * 3).max(64).min(limit.saturating_add(1)));
+    let mut out: Vec<u8> = Vec::with_capacity((compressed.len() * 3).max(64).min(limit.saturating_add(1)));
     for (input, last) in [(compressed, false), (&SYNC_TAIL[..], true)] {
         let mut consumed = 0;
         loop {
@@ -209,7 +190,8 @@ fn inflate(d: &mut Decompress, compressed: &[u8], limit: usize) -> Result<Vec<u8
                 if out.len() > limit {
                     return Err(InflateError::TooBig);
                 }
-                out.reserve(out.capacity().min(limit + 1 - out.len()).max(64));
+                // `out.len() <= limit` here; `limit` may be usize::MAX (no limit).
+                out.reserve(out.capacity().min((limit - out.len()).saturating_add(1)).max(64));
             }
             let before_in = d.total_in();
             let before_out = d.total_out();
@@ -248,26 +230,20 @@ mod tests {
     fn accepts_the_browser_offer() {
         let (p, resp) = negotiate(["permessage-deflate; client_max_window_bits"]).unwrap();
         assert_eq!(p.server_window_bits, 15);
-        assert_eq!(
-            resp,
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
-        );
+        assert_eq!(resp, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
     }
 
     #[test]
     fn honours_a_smaller_server_window_and_skips_bad_offers() {
-        let (p, resp) = negotiate(["permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10"]).unwrap();
+        let (p, resp) =
+            negotiate(["permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10"])
+                .unwrap();
         assert_eq!(p.server_window_bits, 10);
         assert!(resp.ends_with("server_max_window_bits=10"));
         assert!(negotiate(["permessage-deflate; foo"]).is_none());
         assert!(negotiate(["permessage-deflate; server_max_window_bits"]).is_none());
         assert!(negotiate(["permessage-deflate; client_max_window_bits=16"]).is_none());
-        assert!(
-            negotiate([
-                "permessage-deflate; server_no_context_takeover; server_no_context_takeover"
-            ])
-            .is_none()
-        );
+        assert!(negotiate(["permessage-deflate; server_no_context_takeover; server_no_context_takeover"]).is_none());
         assert!(negotiate(["x-webkit-deflate-frame"]).is_none());
         assert!(negotiate(["permessage-deflate; client_max_window_bits=\"10\""]).is_some());
     }
@@ -282,12 +258,19 @@ mod tests {
     }
 
     #[test]
+    fn unlimited_output_does_not_overflow() {
+        // Regression (fuzz/deflate): `limit + 1` overflowed for limit = usize::MAX.
+        let pool = DeflatePool::new(6);
+        let data = vec![7u8; 10_000];
+        let c = pool.compress(&data, 15);
+        assert_eq!(pool.decompress(&c, usize::MAX).unwrap(), data);
+        assert_eq!(pool.decompress(&[], usize::MAX).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
     fn refuses_garbage() {
         let pool = DeflatePool::new(6);
-        assert_eq!(
-            pool.decompress(&[0xFF, 0xFF, 0xFF, 0xFF, 0x12], 1000),
-            Err(InflateError::Corrupt)
-        );
+        assert_eq!(pool.decompress(&[0xFF, 0xFF, 0xFF, 0xFF, 0x12], 1000), Err(InflateError::Corrupt));
     }
 
     proptest! {

@@ -129,14 +129,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, HeaderError> {
     } else {
         None
     };
-    Ok(Some(FrameHeader {
-        fin: b0 & 0x80 != 0,
-        rsv1: b0 & 0x40 != 0,
-        opcode,
-        mask,
-        payload_len,
-        header_len: len,
-    }))
+    Ok(Some(FrameHeader { fin: b0 & 0x80 != 0, rsv1: b0 & 0x40 != 0, opcode, mask, payload_len, header_len: len }))
 }
 
 /// XORs `data` with the 4-byte `mask`, starting at mask position `offset % 4`.
@@ -146,8 +139,7 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
         *r = mask[(offset + i) % 4];
     }
     let word = u64::from_ne_bytes([
-        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2],
-        rotated[3],
+        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2], rotated[3],
     ]);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {
@@ -162,13 +154,7 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
 }
 
 /// Encodes one whole frame. `mask` is `Some` for the client role, `None` for the server role.
-pub fn encode_frame(
-    opcode: OpCode,
-    fin: bool,
-    rsv1: bool,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-) -> Bytes {
+pub fn encode_frame(opcode: OpCode, fin: bool, rsv1: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 14);
     let b0 = (u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode.bits();
     out.put_u8(b0);
@@ -216,26 +202,14 @@ mod tests {
     #[test]
     fn rejects_reserved_bits_and_opcodes() {
         assert_eq!(parse_header(&[0x91, 0x80]), Err(HeaderError::ReservedBits));
-        assert_eq!(
-            parse_header(&[0x83, 0x80]),
-            Err(HeaderError::ReservedOpcode(3))
-        );
-        assert_eq!(
-            parse_header(&[0x8B, 0x80]),
-            Err(HeaderError::ReservedOpcode(0xB))
-        );
+        assert_eq!(parse_header(&[0x83, 0x80]), Err(HeaderError::ReservedOpcode(3)));
+        assert_eq!(parse_header(&[0x8B, 0x80]), Err(HeaderError::ReservedOpcode(0xB)));
     }
 
     #[test]
     fn rejects_non_minimal_and_overflowing_lengths() {
-        assert_eq!(
-            parse_header(&[0x82, 126, 0, 5]),
-            Err(HeaderError::NonMinimalLength)
-        );
-        assert_eq!(
-            parse_header(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]),
-            Err(HeaderError::LengthOverflow)
-        );
+        assert_eq!(parse_header(&[0x82, 126, 0, 5]), Err(HeaderError::NonMinimalLength));
+        assert_eq!(parse_header(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]), Err(HeaderError::LengthOverflow));
     }
 
     #[test]

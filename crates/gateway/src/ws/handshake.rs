@@ -44,10 +44,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Malformed),
     };
-    let method = req
-        .method
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        .ok_or(HeadError::Malformed)?;
+    let method = req.method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()).ok_or(HeadError::Malformed)?;
     let target = req.path.ok_or(HeadError::Malformed)?;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
@@ -59,13 +56,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
     }
-    Ok(Some(RequestHead {
-        method,
-        path,
-        query,
-        headers,
-        len,
-    }))
+    Ok(Some(RequestHead { method, path, query, headers, len }))
 }
 
 impl RequestHead {
@@ -139,25 +130,15 @@ pub struct Refusal {
 pub fn validate_upgrade(head: &RequestHead) -> Result<String, Refusal> {
     let refuse = |status, message| Err(Refusal { status, message });
     if head.method != Method::GET {
-        return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "WebSocket upgrades must use GET",
-        );
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades must use GET");
     }
     if !header_has_token(&head.headers, http::header::CONNECTION, "upgrade") {
         return refuse(StatusCode::BAD_REQUEST, "missing `Connection: Upgrade`");
     }
-    match head
-        .headers
-        .get(http::header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-    {
+    match head.headers.get(http::header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) {
         Some(b"13") => {}
         _ => {
-            return refuse(
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported Sec-WebSocket-Version; use 13",
-            );
+            return refuse(StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version; use 13");
         }
     }
     let Some(key) = head.headers.get(http::header::SEC_WEBSOCKET_KEY) else {
@@ -166,10 +147,7 @@ pub fn validate_upgrade(head: &RequestHead) -> Result<String, Refusal> {
     match STANDARD.decode(key.as_bytes()) {
         Ok(raw) if raw.len() == 16 => {}
         _ => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "Sec-WebSocket-Key must be 16 base64-encoded bytes",
-            );
+            return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 base64-encoded bytes");
         }
     }
     Ok(accept_key(key.as_bytes()))
@@ -207,10 +185,7 @@ mod tests {
 
     #[test]
     fn rfc_example_accept_key() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -222,33 +197,17 @@ mod tests {
         assert_eq!(h.query_param("token").as_deref(), Some("a+b"));
         assert!(validate_upgrade(&h).is_ok());
         let bad_version = ok.replace("Version: 13", "Version: 8");
-        assert_eq!(
-            validate_upgrade(&head(&bad_version)).unwrap_err().status,
-            StatusCode::UPGRADE_REQUIRED
-        );
+        assert_eq!(validate_upgrade(&head(&bad_version)).unwrap_err().status, StatusCode::UPGRADE_REQUIRED);
         let bad_key = ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
-        assert_eq!(
-            validate_upgrade(&head(&bad_key)).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(validate_upgrade(&head(&bad_key)).unwrap_err().status, StatusCode::BAD_REQUEST);
         let post = ok.replace("GET", "POST");
-        assert_eq!(
-            validate_upgrade(&head(&post)).unwrap_err().status,
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        assert_eq!(validate_upgrade(&head(&post)).unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]
     fn partial_and_malformed_heads() {
-        assert!(
-            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n")
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            parse_head(b"\x00\x01garbage\r\n\r\n").unwrap_err(),
-            HeadError::Malformed
-        );
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert_eq!(parse_head(b"\x00\x01garbage\r\n\r\n").unwrap_err(), HeadError::Malformed);
     }
 
     #[test]

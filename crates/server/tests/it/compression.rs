@@ -22,19 +22,11 @@ async fn broadcast_reaches_both_kinds_of_client_unchanged() {
     let welcome = plain.next().await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().contains("welcome"));
 
-    let big = format!(
-        "{{\"type\":\"presence\",\"blob\":\"{}\"}}",
-        "abc".repeat(2_000)
-    );
+    let big = format!("{{\"type\":\"presence\",\"blob\":\"{}\"}}", "abc".repeat(2_000));
     assert_eq!(srv.handle.broadcast(&SharedMessage::text(big.clone())), 2);
     // Compressed client: RSV1 set, payload inflates to the broadcast.
     let (b0, payload) = deflating.raw_frame_header().await;
-    assert_eq!(
-        b0 & 0x40,
-        0x40,
-        "large message should be compressed: {b0:02x} {:?}",
-        &payload[..payload.len().min(40)]
-    );
+    assert_eq!(b0 & 0x40, 0x40, "large message should be compressed: {b0:02x} {:?}", &payload[..payload.len().min(40)]);
     assert!(payload.len() < big.len() / 10);
     assert_eq!(deflating.inflate(&payload), big.as_bytes());
     // Plain client: the same text, uncompressed.
@@ -43,38 +35,21 @@ async fn broadcast_reaches_both_kinds_of_client_unchanged() {
         other => panic!("unexpected {other:?}"),
     }
     // Small messages go uncompressed even to the deflating client.
-    srv.handle
-        .broadcast(&SharedMessage::text("{\"type\":\"tiny\"}"));
+    srv.handle.broadcast(&SharedMessage::text("{\"type\":\"tiny\"}"));
     let (b0, payload) = deflating.raw_frame_header().await;
     assert_eq!(b0 & 0x40, 0);
     assert_eq!(&payload[..], b"{\"type\":\"tiny\"}");
-    assert_eq!(
-        plain.next().await.unwrap().unwrap().to_text().unwrap(),
-        "{\"type\":\"tiny\"}"
-    );
+    assert_eq!(plain.next().await.unwrap().unwrap().to_text().unwrap(), "{\"type\":\"tiny\"}");
     // Both can talk back.
-    plain
-        .send(TMessage::text(r#"{"type":"ping","id":"p"}"#))
-        .await
-        .unwrap();
-    assert!(
-        plain
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .to_text()
-            .unwrap()
-            .contains("pong")
-    );
+    plain.send(TMessage::text(r#"{"type":"ping","id":"p"}"#)).await.unwrap();
+    assert!(plain.next().await.unwrap().unwrap().to_text().unwrap().contains("pong"));
 }
 
 #[tokio::test]
 async fn compressed_client_messages_are_inflated() {
     let srv = start(test_config(), Mode::Serve).await;
     let mut c = RawClient::user(srv.addr, "zipper", true).await;
-    c.send_text(r#"{"type":"ping","id":"compressed"}"#, true)
-        .await;
+    c.send_text(r#"{"type":"ping","id":"compressed"}"#, true).await;
     assert_eq!(c.json().await["id"], "compressed");
 }
 

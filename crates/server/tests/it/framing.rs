@@ -22,15 +22,9 @@ async fn bad_upgrade_requests_get_json_errors() {
     let base = "GET /ws?token=dev-a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let cases = [
         (base.replace("Version: 13", "Version: 12"), 426),
-        (
-            base.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
-            400,
-        ),
+        (base.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400),
         (base.replace("dGhlIHNhbXBsZSBub25jZQ==", "not-base64!"), 400),
-        (
-            base.replace("Connection: Upgrade", "Connection: keep-alive"),
-            400,
-        ),
+        (base.replace("Connection: Upgrade", "Connection: keep-alive"), 400),
         (base.replace("GET", "POST"), 405),
         ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(), 426),
         ("\x01\x02 garbage\r\n\r\n".to_owned(), 400),
@@ -65,27 +59,11 @@ async fn broken_frames_close_with_the_right_code() {
     expect_close_after(&[0x83, 0x80, 1, 2, 3, 4], 1002).await; // reserved opcode
     expect_close_after(&[0xA1, 0x80, 1, 2, 3, 4], 1002).await; // RSV2
     expect_close_after(&encode_frame(OpCode::Text, true, true, b"x", MASK), 1002).await; // RSV1 without deflate
-    expect_close_after(
-        &encode_frame(OpCode::Continuation, true, false, b"x", MASK),
-        1002,
-    )
-    .await;
+    expect_close_after(&encode_frame(OpCode::Continuation, true, false, b"x", MASK), 1002).await;
     expect_close_after(&encode_frame(OpCode::Ping, false, false, b"x", MASK), 1002).await; // fragmented control
-    expect_close_after(
-        &encode_frame(OpCode::Text, true, false, &[0xC3, 0x28], MASK),
-        1007,
-    )
-    .await; // bad UTF-8
-    expect_close_after(
-        &encode_frame(OpCode::Close, true, false, &[0x03], MASK),
-        1002,
-    )
-    .await;
-    expect_close_after(
-        &encode_frame(OpCode::Close, true, false, &[0x03, 0xED], MASK),
-        1002,
-    )
-    .await; // code 1005
+    expect_close_after(&encode_frame(OpCode::Text, true, false, &[0xC3, 0x28], MASK), 1007).await; // bad UTF-8
+    expect_close_after(&encode_frame(OpCode::Close, true, false, &[0x03], MASK), 1002).await;
+    expect_close_after(&encode_frame(OpCode::Close, true, false, &[0x03, 0xED], MASK), 1002).await; // code 1005
 }
 
 #[tokio::test]
@@ -93,15 +71,11 @@ async fn ping_frames_get_pongs_and_close_is_echoed() {
     let srv = start(test_config(), Mode::Serve).await;
     let mut c = RawClient::user(srv.addr, "polite", false).await;
     c.answer_pings = false;
-    c.send_raw(&encode_frame(OpCode::Ping, true, false, b"hi", MASK))
-        .await;
+    c.send_raw(&encode_frame(OpCode::Ping, true, false, b"hi", MASK)).await;
     assert_eq!(c.next().await, Event::Pong(b"hi".to_vec()));
     c.send_close(4321).await;
     assert_eq!(c.closed().await.code, 4321);
-    assert!(
-        c.next_event().await.is_none(),
-        "server must close the TCP connection"
-    );
+    assert!(c.next_event().await.is_none(), "server must close the TCP connection");
 }
 
 #[tokio::test]
@@ -109,32 +83,12 @@ async fn fragmented_text_is_reassembled() {
     let srv = start(test_config(), Mode::Serve).await;
     let mut c = RawClient::user(srv.addr, "frag", false).await;
     let text = br#"{"type":"ping","id":"fragmented"}"#;
-    c.send_raw(&encode_frame(OpCode::Text, false, false, &text[..5], MASK))
-        .await;
-    c.send_raw(&encode_frame(OpCode::Ping, true, false, b"", MASK))
-        .await;
-    c.send_raw(&encode_frame(
-        OpCode::Continuation,
-        false,
-        false,
-        &text[5..20],
-        MASK,
-    ))
-    .await;
-    c.send_raw(&encode_frame(
-        OpCode::Continuation,
-        true,
-        false,
-        &text[20..],
-        MASK,
-    ))
-    .await;
+    c.send_raw(&encode_frame(OpCode::Text, false, false, &text[..5], MASK)).await;
+    c.send_raw(&encode_frame(OpCode::Ping, true, false, b"", MASK)).await;
+    c.send_raw(&encode_frame(OpCode::Continuation, false, false, &text[5..20], MASK)).await;
+    c.send_raw(&encode_frame(OpCode::Continuation, true, false, &text[20..], MASK)).await;
     c.answer_pings = false;
-    assert_eq!(
-        c.next().await,
-        Event::Pong(Vec::new()),
-        "control frames may interleave with fragments"
-    );
+    assert_eq!(c.next().await, Event::Pong(Vec::new()), "control frames may interleave with fragments");
     let pong = c.json().await;
     assert_eq!(pong["id"], "fragmented");
 }
@@ -147,10 +101,7 @@ async fn abrupt_disconnects_free_the_slot() {
     // The server notices EOF and unregisters; poll the stats until it does.
     let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
     while srv.handle.connection_stats().total != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connection never unregistered"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "connection never unregistered");
         tokio::task::yield_now().await;
     }
 }
@@ -160,13 +111,7 @@ async fn bytes_pipelined_after_the_handshake_are_not_lost() {
     let srv = start(test_config(), Mode::Serve).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let mut req = b"GET /ws?token=dev-eager HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
-    req.extend_from_slice(&encode_frame(
-        OpCode::Text,
-        true,
-        false,
-        br#"{"type":"ping","id":"early"}"#,
-        MASK,
-    ));
+    req.extend_from_slice(&encode_frame(OpCode::Text, true, false, br#"{"type":"ping","id":"early"}"#, MASK));
     s.write_all(&req).await.unwrap();
     let (resp, rest) = read_response(&mut s).await;
     assert_eq!(resp.status, 101);

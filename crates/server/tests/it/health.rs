@@ -28,9 +28,7 @@ async fn health_reports_exact_counts_with_1000_clients() {
     assert_eq!(h["connections"]["users"], 600);
     assert_eq!(h["connections"]["limit"], 2_000);
     assert_eq!(h["connections"]["utilization"], 0.5);
-    assert!(
-        (h["connections"]["average_per_user"].as_f64().unwrap() - 1_000.0 / 600.0).abs() < 1e-9
-    );
+    assert!((h["connections"]["average_per_user"].as_f64().unwrap() - 1_000.0 / 600.0).abs() < 1e-9);
     assert_eq!(h["gateway"]["accepted"], 1_000);
     assert!(h["memory"]["rss_bytes"].as_u64().unwrap() > 0);
     for section in ["cache", "presence", "matchmaking", "bus", "db"] {
@@ -44,11 +42,7 @@ async fn health_reports_exact_counts_with_1000_clients() {
         if h["connections"]["total"] == 500 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "count stuck at {}",
-            h["connections"]["total"]
-        );
+        assert!(tokio::time::Instant::now() < deadline, "count stuck at {}", h["connections"]["total"]);
     }
 }
 
@@ -59,9 +53,7 @@ async fn health_is_gzipped_when_accepted() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-encoding"), Some("gzip"));
     let mut json = String::new();
-    flate2::read::GzDecoder::new(&resp.body[..])
-        .read_to_string(&mut json)
-        .unwrap();
+    flate2::read::GzDecoder::new(&resp.body[..]).read_to_string(&mut json).unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["status"], "ok");
 }
@@ -72,15 +64,8 @@ async fn metrics_are_prometheus_text() {
     let _c = RawClient::user(srv.addr, "m", false).await;
     let resp = http_get(srv.addr, "/metrics", &[]).await;
     assert_eq!(resp.status, 200);
-    assert!(
-        resp.header("content-type")
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(resp.header("content-type").unwrap().starts_with("text/plain"));
     let body = String::from_utf8(resp.body).unwrap();
-    assert!(
-        body.contains("# TYPE rendezvous_connections gauge\nrendezvous_connections 1\n"),
-        "{body}"
-    );
+    assert!(body.contains("# TYPE rendezvous_connections gauge\nrendezvous_connections 1\n"), "{body}");
     assert!(body.contains("rendezvous_gateway_accepted_total 1\n"));
 }

@@ -6,19 +6,20 @@ use std::time::Duration;
 use rendezvous::Mode;
 use rendezvous_gateway::ws::reader::{Event, Message};
 use rendezvous_gateway::{
-    AuthError, Authenticator, Connection, GatewayConfig, GatewayHandle, Handler, Identity,
-    SharedMessage,
+    AuthError, Authenticator, Connection, GatewayConfig, GatewayHandle, Handler, Identity, SharedMessage,
 };
 use tokio::time::Instant;
 
 use crate::support::{ConnectOpts, RawClient, http_get, start, start_gateway, test_config};
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn silent_peer_is_closed_4002_after_the_heartbeat_timeout() {
     let mut cfg = test_config();
     cfg.gateway.heartbeat.interval_ms = 1_000;
     cfg.gateway.heartbeat.timeout_ms = 2_500;
     let srv = start(cfg, Mode::Serve).await;
+    // The database opens in real time; time-based behaviour runs on the paused clock.
+    tokio::time::pause();
     let mut c = RawClient::user(srv.addr, "sleepy", false).await;
     c.answer_pings = false;
     let opened = Instant::now();
@@ -31,30 +32,20 @@ async fn silent_peer_is_closed_4002_after_the_heartbeat_timeout() {
         }
     };
     assert_eq!(close.code, 4002);
-    assert!(
-        pings >= 2,
-        "server should ping before giving up, saw {pings}"
-    );
+    assert!(pings >= 2, "server should ping before giving up, saw {pings}");
     let waited = opened.elapsed();
-    assert!(
-        waited >= Duration::from_millis(2_500) && waited <= Duration::from_millis(4_000),
-        "{waited:?}"
-    );
-    assert_eq!(
-        srv.handle
-            .counters()
-            .heartbeat_timeouts
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert!(waited >= Duration::from_millis(2_500) && waited <= Duration::from_millis(4_000), "{waited:?}");
+    assert_eq!(srv.handle.counters().heartbeat_timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn peer_answering_pings_stays_connected() {
     let mut cfg = test_config();
     cfg.gateway.heartbeat.interval_ms = 1_000;
     cfg.gateway.heartbeat.timeout_ms = 2_500;
     let srv = start(cfg, Mode::Serve).await;
+    // The database opens in real time; time-based behaviour runs on the paused clock.
+    tokio::time::pause();
     let mut c = RawClient::user(srv.addr, "awake", false).await;
     let watcher = tokio::spawn(async move {
         loop {
@@ -66,11 +57,7 @@ async fn peer_answering_pings_stays_connected() {
         }
     });
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(
-        !watcher.is_finished(),
-        "connection closed: {:?}",
-        watcher.await
-    );
+    assert!(!watcher.is_finished(), "connection closed: {:?}", watcher.await);
     assert_eq!(srv.handle.connection_stats().total, 1);
 }
 
@@ -81,9 +68,7 @@ struct TokenIsUser;
 
 impl Authenticator for TokenIsUser {
     async fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
-        Ok(Identity {
-            user_id: Arc::from(token.ok_or(AuthError::Missing)?),
-        })
+        Ok(Identity::user(token.ok_or(AuthError::Missing)?))
     }
 }
 
@@ -122,15 +107,8 @@ async fn slow_consumer_is_closed_1008_without_slowing_anyone_else() {
     let slot = Arc::new(OnceLock::new());
     let srv = start_gateway(cfg, TokenIsUser, Flooder(slot.clone())).await;
     slot.set(srv.handle.clone()).unwrap();
-    let connect = |user: &'static str| {
-        RawClient::connect(
-            srv.addr,
-            ConnectOpts {
-                token: Some(user),
-                ..Default::default()
-            },
-        )
-    };
+    let connect =
+        |user: &'static str| RawClient::connect(srv.addr, ConnectOpts { token: Some(user), ..Default::default() });
     let mut slow = connect("slow").await.unwrap();
     let mut sender = connect("sender").await.unwrap();
     let mut bystander = connect("bystander").await.unwrap();
@@ -142,10 +120,7 @@ async fn slow_consumer_is_closed_1008_without_slowing_anyone_else() {
         sender.send_text("flood:slow", false).await;
         let started = Instant::now();
         let answer = sender.text().await;
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the sender was slowed down"
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "the sender was slowed down");
         bystander.send_text("ping", false).await;
         assert_eq!(bystander.text().await, "pong");
         if answer == "gone" {
@@ -158,16 +133,10 @@ async fn slow_consumer_is_closed_1008_without_slowing_anyone_else() {
     let close = slow.closed().await;
     assert_eq!(close.code, 1008);
     assert_eq!(close.reason, "slow consumer");
-    assert_eq!(
-        srv.handle
-            .counters()
-            .slow_consumers
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(srv.handle.counters().slow_consumers.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn drain_announces_spreads_closes_and_exits() {
     let mut cfg = test_config();
     cfg.gateway.drain.window_ms = 5_000;
@@ -175,6 +144,8 @@ async fn drain_announces_spreads_closes_and_exits() {
     cfg.gateway.heartbeat.interval_ms = 60_000;
     cfg.gateway.heartbeat.timeout_ms = 120_000;
     let srv = start(cfg, Mode::Serve).await;
+    // The database opens in real time; time-based behaviour runs on the paused clock.
+    tokio::time::pause();
     let mut clients = Vec::new();
     for i in 0..8 {
         clients.push(RawClient::user(srv.addr, &format!("u{i}"), i % 2 == 0).await);
@@ -185,16 +156,10 @@ async fn drain_announces_spreads_closes_and_exits() {
     // Readiness flips at once, and new upgrades are refused.
     let ready = http_get(srv.addr, "/ready", &[]).await;
     assert_eq!(ready.status, 503);
-    let refused = RawClient::connect(
-        srv.addr,
-        ConnectOpts {
-            token: Some("dev-late"),
-            ..Default::default()
-        },
-    )
-    .await
-    .err()
-    .unwrap();
+    let refused = RawClient::connect(srv.addr, ConnectOpts { token: Some("dev-late"), ..Default::default() })
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused.status, 503);
     assert!(refused.header("retry-after").is_some());
     for c in &mut clients {
@@ -205,15 +170,11 @@ async fn drain_announces_spreads_closes_and_exits() {
         let close = c.closed().await;
         assert_eq!(close.code, 1001);
         let at = drain_started.elapsed();
-        assert!(
-            at >= promised && at <= Duration::from_millis(5_100),
-            "closed at {at:?}, promised {promised:?}"
-        );
+        assert!(at >= promised && at <= Duration::from_millis(5_100), "closed at {at:?}, promised {promised:?}");
     }
-    let result = tokio::time::timeout(Duration::from_secs(10), srv.task)
-        .await
-        .expect("server did not exit")
-        .unwrap();
+    // Shutdown flushes the store on real time (SQLite answers from another thread).
+    tokio::time::resume();
+    let result = tokio::time::timeout(Duration::from_secs(10), srv.task).await.expect("server did not exit").unwrap();
     result.unwrap();
     assert!(drain_started.elapsed() <= Duration::from_millis(8_000));
 }

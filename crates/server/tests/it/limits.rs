@@ -12,33 +12,12 @@ async fn global_cap_answers_503_with_retry_after() {
     let srv = start(cfg, Mode::Serve).await;
     let _a = RawClient::user(srv.addr, "a", false).await;
     let _b = RawClient::user(srv.addr, "b", false).await;
-    let refused = RawClient::connect(
-        srv.addr,
-        ConnectOpts {
-            token: Some("dev-c"),
-            ..Default::default()
-        },
-    )
-    .await
-    .err()
-    .unwrap();
+    let refused =
+        RawClient::connect(srv.addr, ConnectOpts { token: Some("dev-c"), ..Default::default() }).await.err().unwrap();
     assert_eq!(refused.status, 503);
-    assert!(
-        refused
-            .header("retry-after")
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(refused.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     assert_eq!(refused.json()["error"]["code"], "unavailable");
-    assert_eq!(
-        srv.handle
-            .counters()
-            .rejected_at_capacity
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(srv.handle.counters().rejected_at_capacity.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -49,22 +28,11 @@ async fn per_user_cap_reject_new_closes_4009() {
     let srv = start(cfg, Mode::Serve).await;
     let _a = RawClient::user(srv.addr, "same", false).await;
     let _b = RawClient::user(srv.addr, "same", false).await;
-    let mut c = RawClient::connect(
-        srv.addr,
-        ConnectOpts {
-            token: Some("dev-same"),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut c =
+        RawClient::connect(srv.addr, ConnectOpts { token: Some("dev-same"), ..Default::default() }).await.unwrap();
     let close = c.closed().await;
     assert_eq!(close.code, 4009);
-    assert!(
-        close.reason.contains("too many connections"),
-        "{}",
-        close.reason
-    );
+    assert!(close.reason.contains("too many connections"), "{}", close.reason);
     assert_eq!(srv.handle.connection_stats().total, 2);
 }
 
@@ -91,32 +59,25 @@ async fn per_ip_attempts_answer_429() {
     let srv = start(cfg, Mode::Serve).await;
     let _a = RawClient::user(srv.addr, "a", false).await;
     let _b = RawClient::user(srv.addr, "b", false).await;
-    let refused = RawClient::connect(
-        srv.addr,
-        ConnectOpts {
-            token: Some("dev-c"),
-            ..Default::default()
-        },
-    )
-    .await
-    .err()
-    .unwrap();
+    let refused =
+        RawClient::connect(srv.addr, ConnectOpts { token: Some("dev-c"), ..Default::default() }).await.err().unwrap();
     assert_eq!(refused.status, 429);
     assert!(refused.header("retry-after").is_some());
     assert_eq!(refused.json()["error"]["code"], "too_many_requests");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn message_rate_errors_then_closes_4008() {
     let mut cfg = test_config();
     cfg.gateway.message_rate.per_second = 1;
     cfg.gateway.message_rate.burst = 2;
     cfg.gateway.message_rate.violations_before_close = 3;
     let srv = start(cfg, Mode::Serve).await;
+    // The database opens in real time; time-based behaviour runs on the paused clock.
+    tokio::time::pause();
     let mut c = RawClient::user(srv.addr, "spammer", false).await;
     for i in 0..2 {
-        c.send_text(&format!(r#"{{"type":"ping","id":{i}}}"#), false)
-            .await;
+        c.send_text(&format!(r#"{{"type":"ping","id":{i}}}"#), false).await;
         assert_eq!(c.json().await["type"], "pong");
     }
     for _ in 0..3 {
@@ -170,33 +131,14 @@ async fn origin_allowlist_answers_403() {
 #[tokio::test]
 async fn missing_or_invalid_token_answers_401_and_bearer_works() {
     let srv = start(test_config(), Mode::Serve).await;
-    let missing = RawClient::connect(srv.addr, ConnectOpts::default())
-        .await
-        .err()
-        .unwrap();
+    let missing = RawClient::connect(srv.addr, ConnectOpts::default()).await.err().unwrap();
     assert_eq!(missing.status, 401);
     assert_eq!(missing.json()["error"]["code"], "unauthorized");
-    assert!(
-        missing.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing")
-    );
-    let invalid = RawClient::connect(
-        srv.addr,
-        ConnectOpts {
-            token: Some("nope"),
-            ..Default::default()
-        },
-    )
-    .await
-    .err()
-    .unwrap();
+    assert!(missing.json()["error"]["message"].as_str().unwrap().contains("missing"));
+    let invalid =
+        RawClient::connect(srv.addr, ConnectOpts { token: Some("nope"), ..Default::default() }).await.err().unwrap();
     assert_eq!(invalid.status, 401);
-    let bearer = ConnectOpts {
-        headers: vec![("Authorization", "Bearer dev-carol")],
-        ..Default::default()
-    };
+    let bearer = ConnectOpts { headers: vec![("Authorization", "Bearer dev-carol")], ..Default::default() };
     let mut c = RawClient::connect(srv.addr, bearer).await.unwrap();
     assert_eq!(c.json().await["user_id"], "carol");
 }

@@ -1,10 +1,13 @@
 //! Integration tests: the real server on port 0, real sockets, real clients.
 
+mod api;
 mod compression;
 mod framing;
 mod health;
 mod lifecycle;
 mod limits;
+mod outage;
 mod protocol;
+mod sessions;
 mod support;
 mod tls;

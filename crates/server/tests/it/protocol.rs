@@ -8,15 +8,9 @@ use crate::support::{RawClient, start, test_config};
 async fn welcome_names_the_user_and_instance() {
     let srv = start(test_config(), Mode::Serve).await;
     let token = "dev-alice";
-    let mut c = RawClient::connect(
-        srv.addr,
-        crate::support::ConnectOpts {
-            token: Some(token),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = RawClient::connect(srv.addr, crate::support::ConnectOpts { token: Some(token), ..Default::default() })
+        .await
+        .unwrap();
     let w = c.json().await;
     assert_eq!(w["type"], "welcome");
     assert_eq!(w["v"], 1);
@@ -50,8 +44,7 @@ async fn garbage_gets_error_frames_and_the_connection_survives() {
     assert_eq!(c.json().await["code"], "binary_not_supported");
     c.send_text(r#"{"type":"teleport","id":"r1"}"#, false).await;
     assert_eq!(c.json().await["ref"], "r1");
-    c.send_text(r#"{"type":"ping","id":"still-here"}"#, false)
-        .await;
+    c.send_text(r#"{"type":"ping","id":"still-here"}"#, false).await;
     let pong = c.json().await;
     assert_eq!(pong, serde_json::json!({"type":"pong","id":"still-here"}));
 }

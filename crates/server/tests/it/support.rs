@@ -14,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The API key test configs use.
+pub const API_KEY: &str = "test-api-key-0123456789";
+
 /// How long a test waits for something that should happen promptly before failing.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -21,18 +24,76 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub handle: GatewayHandle,
+    pub store: Option<std::sync::Arc<rendezvous_store::Store>>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Config for tests: loopback, generous limits unless a test tightens them.
+/// Config for tests: loopback, a fresh SQLite file, generous limits unless a test tightens them.
 pub fn test_config() -> Config {
     let mut c = Config::default();
+    let dir = std::env::temp_dir().join("rendezvous-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    c.database.sqlite_path =
+        dir.join(format!("{}.sqlite", uuid::Uuid::new_v4().simple())).to_string_lossy().into_owned();
+    c.api.key = API_KEY.into();
     c.server.host = "127.0.0.1".into();
     c.server.port = 0;
     c.server.instance_id = "test-instance".into();
     c.gateway.connect_rate.per_second = 0;
     c
+}
+
+/// `test_config()` on a fresh database of `backend`.
+pub async fn config_for(backend: rendezvous_store::testing::Backend) -> Config {
+    let mut c = test_config();
+    c.database = rendezvous_store::testing::fresh_database(backend).await;
+    c
+}
+
+/// Runs the same async test body against Postgres and against SQLite.
+macro_rules! both_backends {
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn postgres() {
+                let $backend = rendezvous_store::testing::Backend::Postgres;
+                $body
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                let $backend = rendezvous_store::testing::Backend::Sqlite;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use both_backends;
+
+/// One API call over a fresh connection; `key` is sent as the Bearer token.
+pub async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s).await.0
+}
+
+/// Polls `check` until it holds, failing the test after [`PATIENCE`].
+pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Starts the real server (the same `Server` the binary runs) on 127.0.0.1:0.
@@ -43,23 +104,16 @@ pub async fn start(config: Config, mode: Mode) -> TestServer {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = Server::new(config, mode);
     let token = shutdown.clone();
-    let task =
-        tokio::spawn(async move { server.run(listener, token, move |h| drop(tx.send(h))).await });
-    let handle = rx.await.expect("server failed to start");
-    TestServer {
-        addr,
-        handle,
-        shutdown,
-        task,
-    }
+    let task = tokio::spawn(async move { server.run(listener, token, move |h| drop(tx.send(h))).await });
+    let running = match rx.await {
+        Ok(r) => r,
+        Err(_) => panic!("server failed to start: {:?}", task.await),
+    };
+    TestServer { addr, handle: running.gateway, store: running.store, shutdown, task }
 }
 
 /// Starts a bare gateway with a custom authenticator and handler.
-pub async fn start_gateway<A: Authenticator, H: Handler>(
-    cfg: GatewayConfig,
-    auth: A,
-    handler: H,
-) -> TestServer {
+pub async fn start_gateway<A: Authenticator, H: Handler>(cfg: GatewayConfig, auth: A, handler: H) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let gateway = Gateway::new(cfg, auth, handler).unwrap();
@@ -70,12 +124,7 @@ pub async fn start_gateway<A: Authenticator, H: Handler>(
         gateway.run(listener, axum::Router::new(), token).await?;
         Ok(())
     });
-    TestServer {
-        addr,
-        handle,
-        shutdown,
-        task,
-    }
+    TestServer { addr, handle, store: None, shutdown, task }
 }
 
 /// An HTTP response read off a raw socket.
@@ -88,26 +137,17 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// Reads one HTTP response head (and a Content-Length body) from `stream`.
-pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-) -> (HttpResponse, Vec<u8>) {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (HttpResponse, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -118,79 +158,39 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
             let headers: Vec<(String, String)> = resp
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
+                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
                 .collect();
-            let chunked = headers
-                .iter()
-                .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+            let chunked =
+                headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
             let mut rest = buf[n..].to_vec();
             if chunked {
                 // Test requests say `Connection: close`, so the body ends at EOF.
                 loop {
-                    let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.unwrap().unwrap();
                     if r == 0 {
                         break;
                     }
                     rest.extend_from_slice(&chunk[..r]);
                 }
-                return (
-                    HttpResponse {
-                        status,
-                        headers,
-                        body: dechunk(&rest),
-                    },
-                    Vec::new(),
-                );
+                return (HttpResponse { status, headers, body: dechunk(&rest) }, Vec::new());
             }
             let len: usize = headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
                 .map_or(0, |(_, v)| v.parse().unwrap());
             while status != 101 && rest.len() < len {
-                let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.unwrap().unwrap();
                 assert!(r > 0, "eof inside body");
                 rest.extend_from_slice(&chunk[..r]);
             }
             if status == 101 {
-                return (
-                    HttpResponse {
-                        status,
-                        headers,
-                        body: Vec::new(),
-                    },
-                    rest,
-                );
+                return (HttpResponse { status, headers, body: Vec::new() }, rest);
             }
             let body = rest[..len].to_vec();
-            return (
-                HttpResponse {
-                    status,
-                    headers,
-                    body,
-                },
-                rest[len..].to_vec(),
-            );
+            return (HttpResponse { status, headers, body }, rest[len..].to_vec());
         }
-        let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
-            .await
-            .expect("response timed out")
-            .unwrap();
-        assert!(
-            r > 0,
-            "eof before a response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("response timed out").unwrap();
+        assert!(r > 0, "eof before a response: {:?}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..r]);
     }
 }
@@ -198,13 +198,8 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
-                .unwrap();
+        let line_end = data.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
         data = &data[line_end + 2..];
         if size == 0 {
             return out;
@@ -249,16 +244,9 @@ pub struct ConnectOpts<'a> {
 
 impl RawClient {
     /// Upgrades or returns the refusal.
-    pub async fn connect(
-        addr: SocketAddr,
-        opts: ConnectOpts<'_>,
-    ) -> Result<RawClient, HttpResponse> {
+    pub async fn connect(addr: SocketAddr, opts: ConnectOpts<'_>) -> Result<RawClient, HttpResponse> {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let path = if opts.path.is_empty() {
-            "/ws"
-        } else {
-            opts.path
-        };
+        let path = if opts.path.is_empty() { "/ws" } else { opts.path };
         let target = match opts.token {
             Some(t) => format!("{path}?token={t}"),
             None => path.to_owned(),
@@ -267,9 +255,7 @@ impl RawClient {
             "GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         );
         if opts.deflate {
-            req.push_str(
-                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
-            );
+            req.push_str("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
         }
         for (k, v) in &opts.headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -280,14 +266,9 @@ impl RawClient {
         if resp.status != 101 {
             return Err(resp);
         }
-        assert_eq!(
-            resp.header("sec-websocket-accept"),
-            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-        );
+        assert_eq!(resp.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
         let extensions = resp.header("sec-websocket-extensions").map(str::to_owned);
-        let deflate = extensions
-            .as_deref()
-            .is_some_and(|e| e.starts_with("permessage-deflate"));
+        let deflate = extensions.as_deref().is_some_and(|e| e.starts_with("permessage-deflate"));
         let mut client = RawClient::from_upgraded(stream, rest, deflate);
         client.extensions = extensions;
         Ok(client)
@@ -315,16 +296,8 @@ impl RawClient {
     /// Connects with a dev token for `user` and consumes the welcome message.
     pub async fn user(addr: SocketAddr, user: &str, deflate: bool) -> RawClient {
         let token = format!("dev-{user}");
-        let mut c = RawClient::connect(
-            addr,
-            ConnectOpts {
-                token: Some(&token),
-                deflate,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let mut c =
+            RawClient::connect(addr, ConnectOpts { token: Some(&token), deflate, ..Default::default() }).await.unwrap();
         let welcome = c.json().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         c
@@ -341,31 +314,17 @@ impl RawClient {
             let packed = self.pool.compress(text.as_bytes(), 15);
             encode_frame(OpCode::Text, true, true, &packed, Some(rand_mask()))
         } else {
-            encode_frame(
-                OpCode::Text,
-                true,
-                false,
-                text.as_bytes(),
-                Some(rand_mask()),
-            )
+            encode_frame(OpCode::Text, true, false, text.as_bytes(), Some(rand_mask()))
         };
         self.send_raw(&frame).await;
     }
 
     pub async fn send_binary(&mut self, data: &[u8]) {
-        self.send_raw(&encode_frame(
-            OpCode::Binary,
-            true,
-            false,
-            data,
-            Some(rand_mask()),
-        ))
-        .await;
+        self.send_raw(&encode_frame(OpCode::Binary, true, false, data, Some(rand_mask()))).await;
     }
 
     pub async fn send_close(&mut self, code: u16) {
-        self.send_raw(&encode_close(code, "", Some(rand_mask())))
-            .await;
+        self.send_raw(&encode_close(code, "", Some(rand_mask()))).await;
     }
 
     /// The next event, answering pings on the way when `answer_pings`; panics after [`PATIENCE`].
@@ -383,10 +342,7 @@ impl RawClient {
                 if let Event::Close(frame) = &e {
                     // Complete the closing handshake as a browser would.
                     let code = frame.as_ref().map_or(1000, |f| f.code);
-                    let _ = self
-                        .stream
-                        .write_all(&encode_close(code, "", Some(rand_mask())))
-                        .await;
+                    let _ = self.stream.write_all(&encode_close(code, "", Some(rand_mask()))).await;
                 }
                 if let Event::Ping(p) = &e {
                     if self.answer_pings {
@@ -403,9 +359,7 @@ impl RawClient {
                 return None;
             }
             let mut ev = Vec::new();
-            self.reader
-                .feed(&buf[..n], &self.pool, &mut ev)
-                .expect("server broke the protocol");
+            self.reader.feed(&buf[..n], &self.pool, &mut ev).expect("server broke the protocol");
             self.events.extend(ev);
         }
     }

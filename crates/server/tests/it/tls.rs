@@ -16,16 +16,12 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use crate::support::{read_response, start, test_config};
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 async fn tls_connect(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(fixture("ca.crt")).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_file(fixture("ca.crt")).unwrap()).unwrap();
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -33,26 +29,17 @@ async fn tls_connect(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStr
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+    TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
 }
 
 #[tokio::test]
 async fn wss_and_https_on_the_same_port() {
     let mut cfg = test_config();
-    cfg.gateway.tls = Some(TlsConfig {
-        cert_path: fixture("localhost.crt"),
-        key_path: fixture("localhost.key"),
-    });
+    cfg.gateway.tls = Some(TlsConfig { cert_path: fixture("localhost.crt"), key_path: fixture("localhost.key") });
     let srv = start(cfg, Mode::Serve).await;
 
     let mut https = tls_connect(srv.addr).await;
-    https
-        .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    https.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut https).await.0.status, 200);
 
     let mut wss = tls_connect(srv.addr).await;
@@ -78,15 +65,9 @@ async fn wss_and_https_on_the_same_port() {
 #[tokio::test]
 async fn unreadable_certificate_is_a_startup_error_naming_the_key() {
     let mut cfg = test_config();
-    cfg.gateway.tls = Some(TlsConfig {
-        cert_path: fixture("missing.crt"),
-        key_path: fixture("localhost.key"),
-    });
+    cfg.gateway.tls = Some(TlsConfig { cert_path: fixture("missing.crt"), key_path: fixture("localhost.key") });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = rendezvous::Server::new(cfg, Mode::Serve);
-    let err = server
-        .run(listener, tokio_util::sync::CancellationToken::new(), |_| {})
-        .await
-        .unwrap_err();
+    let err = server.run(listener, tokio_util::sync::CancellationToken::new(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("gateway.tls.cert_path"), "{err}");
 }

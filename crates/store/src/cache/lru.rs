@@ -31,14 +31,7 @@ impl<K: Hash + Eq + Clone, V: Clone> CountingLru<K, V> {
     /// Looks `key` up, counting a hit or a miss.
     pub fn get(&self, key: &K) -> Option<V> {
         let found = self.lock().get(key).cloned();
-        Counters::bump(
-            if found.is_some() {
-                &self.counters.hits
-            } else {
-                &self.counters.misses
-            },
-            1,
-        );
+        Counters::bump(if found.is_some() { &self.counters.hits } else { &self.counters.misses }, 1);
         found
     }
 
@@ -62,11 +55,7 @@ impl<K: Hash + Eq + Clone, V: Clone> CountingLru<K, V> {
     /// Drops every entry for which `pred` holds; returns how many.
     pub fn invalidate_where(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
         let mut map = self.lock();
-        let doomed: Vec<K> = map
-            .iter()
-            .filter(|(k, v)| pred(k, v))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let doomed: Vec<K> = map.iter().filter(|(k, v)| pred(k, v)).map(|(k, _)| k.clone()).collect();
         for k in &doomed {
             map.pop(k);
         }
@@ -87,20 +76,14 @@ impl<K: Hash + Eq + Clone, V: Clone> CountingLru<K, V> {
         let mut map = self.lock();
         let before = map.len();
         map.resize(cap);
-        Counters::bump(
-            &self.counters.evictions,
-            before.saturating_sub(map.len()) as u64,
-        );
+        Counters::bump(&self.counters.evictions, before.saturating_sub(map.len()) as u64);
         *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = cap.get();
     }
 
     /// Current figures.
     pub fn stats(&self) -> CacheStats {
         let size = self.lock().len();
-        self.counters.stats(
-            size,
-            *self.capacity.lock().unwrap_or_else(|e| e.into_inner()),
-        )
+        self.counters.stats(size, *self.capacity.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -119,10 +102,7 @@ mod tests {
         assert_eq!(c.get(&"b"), None);
         assert!(c.invalidate(&"a"));
         let s = c.stats();
-        assert_eq!(
-            (s.hits, s.misses, s.evictions, s.invalidations, s.size),
-            (1, 2, 1, 1, 1)
-        );
+        assert_eq!((s.hits, s.misses, s.evictions, s.invalidations, s.size), (1, 2, 1, 1, 1));
         c.put("c", 4); // replacing a key is not an eviction
         assert_eq!(c.stats().evictions, 1);
         c.resize(1);

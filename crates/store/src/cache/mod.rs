@@ -59,11 +59,7 @@ impl Counters {
             capacity,
             hits,
             misses,
-            hit_rate: if hits + misses == 0 {
-                0.0
-            } else {
-                hits as f64 / (hits + misses) as f64
-            },
+            hit_rate: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
             evictions: r(&self.evictions),
             invalidations: r(&self.invalidations),
             expirations: r(&self.expirations),

@@ -37,15 +37,9 @@ struct LoadGuard<'a, V: Clone> {
 
 impl<V: Clone> Drop for LoadGuard<'_, V> {
     fn drop(&mut self) {
-        self.cache
-            .counters
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.cache.counters.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if !self.done {
-            let _ = self.tx.send(Some(Err(SharedError {
-                message: "load cancelled".into(),
-                unavailable: false,
-            })));
+            let _ = self.tx.send(Some(Err(SharedError { message: "load cancelled".into(), unavailable: false })));
             self.cache.remove_if_same(self.key, &self.slot);
         }
     }
@@ -86,9 +80,7 @@ impl<V: Clone> QueryCache<V> {
         }
         let plan = {
             let mut map = self.lock();
-            let existing = map
-                .get(key)
-                .map(|slot| (slot.clone(), slot.rx.borrow().clone()));
+            let existing = map.get(key).map(|slot| (slot.clone(), slot.rx.borrow().clone()));
             match existing {
                 Some((_, Some(Ok((v, at))))) if at.elapsed() < self.ttl => {
                     Counters::bump(&self.counters.hits, 1);
@@ -123,13 +115,7 @@ impl<V: Clone> QueryCache<V> {
             Plan::Load(tx, slot) => {
                 Counters::bump(&self.counters.in_flight, 1);
                 Counters::bump(&self.counters.loads, 1);
-                let mut guard = LoadGuard {
-                    cache: self,
-                    key,
-                    tx,
-                    slot,
-                    done: false,
-                };
+                let mut guard = LoadGuard { cache: self, key, tx, slot, done: false };
                 let result = load().await;
                 guard.done = true;
                 match result {
@@ -160,11 +146,7 @@ impl<V: Clone> QueryCache<V> {
     /// Drops every key starting with `prefix` (e.g. `user:42:`); returns how many.
     pub fn invalidate_prefix(&self, prefix: &str) -> usize {
         let mut map = self.lock();
-        let doomed: Vec<String> = map
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let doomed: Vec<String> = map.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect();
         for k in &doomed {
             map.pop(k);
         }
@@ -185,30 +167,21 @@ impl<V: Clone> QueryCache<V> {
         let mut map = self.lock();
         let before = map.len();
         map.resize(cap);
-        Counters::bump(
-            &self.counters.evictions,
-            before.saturating_sub(map.len()) as u64,
-        );
+        Counters::bump(&self.counters.evictions, before.saturating_sub(map.len()) as u64);
         *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = cap.get();
     }
 
     /// Current figures.
     pub fn stats(&self) -> CacheStats {
         let size = self.lock().len();
-        self.counters.stats(
-            size,
-            *self.capacity.lock().unwrap_or_else(|e| e.into_inner()),
-        )
+        self.counters.stats(size, *self.capacity.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
 /// The loader always publishes (its guard does on drop), so a waiter cannot see
 /// the channel close empty; answer with an error rather than panic if it ever does.
 fn unreachable_outcome<V>() -> Result<V, SharedError> {
-    Err(SharedError {
-        message: "load ended without a result".into(),
-        unavailable: false,
-    })
+    Err(SharedError { message: "load ended without a result".into(), unavailable: false })
 }
 
 #[cfg(test)]
@@ -263,10 +236,7 @@ mod tests {
     #[tokio::test]
     async fn errors_are_shared_and_not_cached() {
         let cache = QueryCache::<u32>::new(10, Duration::from_secs(60));
-        let err = cache
-            .get_or_load("k", || async { Err(StoreError::NotFound("user")) })
-            .await
-            .unwrap_err();
+        let err = cache.get_or_load("k", || async { Err(StoreError::NotFound("user")) }).await.unwrap_err();
         assert!(err.message.contains("not found"));
         assert_eq!(cache.get_or_load("k", || async { Ok(5) }).await.unwrap(), 5);
     }
@@ -285,8 +255,7 @@ mod tests {
     async fn a_cancelled_loader_releases_its_waiters() {
         let cache = Arc::new(QueryCache::<u32>::new(10, Duration::from_secs(60)));
         let c2 = cache.clone();
-        let loader =
-            tokio::spawn(async move { c2.get_or_load("k", std::future::pending).await });
+        let loader = tokio::spawn(async move { c2.get_or_load("k", std::future::pending).await });
         while cache.stats().loads_in_flight == 0 {
             tokio::task::yield_now().await;
         }

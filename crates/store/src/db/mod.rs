@@ -80,24 +80,14 @@ impl Db {
     pub async fn connect(url: &str, max: u32, acquire_timeout: Duration) -> Result<Db, StoreError> {
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(acquire_timeout)
-                .connect_with(opts)
-                .await?;
+            let pool =
+                PgPoolOptions::new().max_connections(max).acquire_timeout(acquire_timeout).connect_with(opts).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Pool::Pg(pool)
         } else {
-            let path = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-                .unwrap_or(url);
-            if let Some(dir) = std::path::Path::new(path)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+            if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
             }
             let opts = SqliteConnectOptions::new()
                 .filename(path)
@@ -125,28 +115,15 @@ impl Db {
     }
 
     fn count(&self, name: &'static str) {
-        *self
-            .statements
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name)
-            .or_default() += 1;
+        *self.statements.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default() += 1;
     }
 
     /// How many times each statement ran (the single-flight tests count here).
     pub fn statement_count(&self, name: &str) -> u64 {
-        self.statements
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        self.statements.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(0)
     }
 
-    async fn acquire<DB: sqlx::Database>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-    ) -> Result<PoolConnection<DB>, StoreError> {
+    async fn acquire<DB: sqlx::Database>(&self, pool: &sqlx::Pool<DB>) -> Result<PoolConnection<DB>, StoreError> {
         let started = Instant::now();
         let result = pool.acquire().await;
         let waited = started.elapsed().as_micros() as u64;
@@ -174,11 +151,7 @@ impl Db {
             max: self.max,
             acquires,
             acquire_failures: self.acquire_failures.load(Ordering::Relaxed),
-            acquire_wait_avg_us: self
-                .wait_total_us
-                .load(Ordering::Relaxed)
-                .checked_div(acquires)
-                .unwrap_or(0),
+            acquire_wait_avg_us: self.wait_total_us.load(Ordering::Relaxed).checked_div(acquires).unwrap_or(0),
             acquire_wait_max_us: self.wait_max_us.load(Ordering::Relaxed),
         }
     }
@@ -248,20 +221,12 @@ impl Db {
 
     pub(crate) async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
         let done = with_conn!(self, "delete_user", |c| {
-            sqlx::query("DELETE FROM users WHERE id = $1")
-                .bind(id)
-                .execute(&mut *c)
-                .await?
-                .rows_affected()
+            sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *c).await?.rows_affected()
         });
         Ok(done == 1)
     }
 
-    pub(crate) async fn insert_session(
-        &self,
-        s: &Session,
-        token_hash: &[u8],
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn insert_session(&self, s: &Session, token_hash: &[u8]) -> Result<(), StoreError> {
         with_conn!(self, "insert_session", |c| {
             sqlx::query(
                 "INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, revoked_at, user_agent, ip)
@@ -282,11 +247,7 @@ impl Db {
     }
 
     /// The live session behind a token hash: not revoked, not expired, user not banned.
-    pub(crate) async fn session_by_hash(
-        &self,
-        token_hash: &[u8],
-        now: i64,
-    ) -> Result<Option<AuthSession>, StoreError> {
+    pub(crate) async fn session_by_hash(&self, token_hash: &[u8], now: i64) -> Result<Option<AuthSession>, StoreError> {
         let row: Option<AuthRow> = with_conn!(self, "session_by_hash", |c| {
             sqlx::query_as(
                 "SELECT s.id, s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
@@ -302,11 +263,7 @@ impl Db {
     }
 
     /// Revokes one session; returns its owner if it was live.
-    pub(crate) async fn revoke_session(
-        &self,
-        id: &str,
-        now: i64,
-    ) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn revoke_session(&self, id: &str, now: i64) -> Result<Option<String>, StoreError> {
         let owner: Option<(String,)> = with_conn!(self, "revoke_session", |c| {
             sqlx::query_as("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING user_id")
                 .bind(now)
@@ -318,11 +275,7 @@ impl Db {
     }
 
     /// Revokes every live session of a user; returns their ids.
-    pub(crate) async fn revoke_user_sessions(
-        &self,
-        user_id: &str,
-        now: i64,
-    ) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn revoke_user_sessions(&self, user_id: &str, now: i64) -> Result<Vec<String>, StoreError> {
         let ids: Vec<(String,)> = with_conn!(self, "revoke_user_sessions", |c| {
             sqlx::query_as("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id")
                 .bind(now)
@@ -360,12 +313,7 @@ impl Db {
         Ok(())
     }
 
-    pub(crate) async fn end_call(
-        &self,
-        id: &str,
-        ended_at: i64,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+    pub(crate) async fn end_call(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool, StoreError> {
         let done = with_conn!(self, "end_call", |c| {
             sqlx::query("UPDATE calls SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL")
                 .bind(ended_at)
@@ -379,12 +327,7 @@ impl Db {
     }
 
     /// A user's calls, newest first, started before `before` (Unix ms).
-    pub(crate) async fn calls_of(
-        &self,
-        user_id: &str,
-        before: i64,
-        limit: u32,
-    ) -> Result<Vec<Call>, StoreError> {
+    pub(crate) async fn calls_of(&self, user_id: &str, before: i64, limit: u32) -> Result<Vec<Call>, StoreError> {
         let rows: Vec<CallRow> = with_conn!(self, "calls_of", |c| {
             sqlx::query_as(
                 "SELECT id, user_a, user_b, started_at, ended_at, end_reason FROM calls
@@ -399,12 +342,7 @@ impl Db {
         Ok(rows.into_iter().map(Call::from).collect())
     }
 
-    pub(crate) async fn put_cooldown(
-        &self,
-        a: &str,
-        b: &str,
-        until: i64,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn put_cooldown(&self, a: &str, b: &str, until: i64) -> Result<(), StoreError> {
         let (a, b) = if a <= b { (a, b) } else { (b, a) };
         with_conn!(self, "put_cooldown", |c| {
             sqlx::query("INSERT INTO cooldowns (user_a, user_b, until) VALUES ($1, $2, $3) ON CONFLICT (user_a, user_b) DO UPDATE SET until = $3")
@@ -429,12 +367,7 @@ impl Db {
         Ok(row.map(|(u,)| u))
     }
 
-    pub(crate) async fn put_block(
-        &self,
-        blocker: &str,
-        blocked: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn put_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
         with_conn!(self, "put_block", |c| {
             sqlx::query("INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3) ON CONFLICT (blocker, blocked) DO NOTHING")
                 .bind(blocker)
@@ -449,10 +382,12 @@ impl Db {
     /// Users `user_id` blocked or was blocked by.
     pub(crate) async fn blocks_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = with_conn!(self, "blocks_of", |c| {
-            sqlx::query_as("SELECT blocked FROM blocks WHERE blocker = $1 UNION SELECT blocker FROM blocks WHERE blocked = $1")
-                .bind(user_id)
-                .fetch_all(&mut *c)
-                .await?
+            sqlx::query_as(
+                "SELECT blocked FROM blocks WHERE blocker = $1 UNION SELECT blocker FROM blocks WHERE blocked = $1",
+            )
+            .bind(user_id)
+            .fetch_all(&mut *c)
+            .await?
         });
         Ok(rows.into_iter().map(|(u,)| u).collect())
     }
@@ -502,11 +437,8 @@ impl Db {
                 .execute(&mut *c)
                 .await?
                 .rows_affected();
-            let k = sqlx::query("DELETE FROM cooldowns WHERE until < $1")
-                .bind(now)
-                .execute(&mut *c)
-                .await?
-                .rows_affected();
+            let k =
+                sqlx::query("DELETE FROM cooldowns WHERE until < $1").bind(now).execute(&mut *c).await?.rows_affected();
             Ok((s, k))
         })
     }
@@ -514,10 +446,7 @@ impl Db {
     /// `last_active` as stored (tests check the write-behind through it).
     pub async fn stored_last_active(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
         let row: Option<(i64,)> = with_conn!(self, "stored_last_active", |c| {
-            sqlx::query_as("SELECT last_active FROM users WHERE id = $1")
-                .bind(user_id)
-                .fetch_optional(&mut *c)
-                .await?
+            sqlx::query_as("SELECT last_active FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *c).await?
         });
         Ok(row.map(|(t,)| t))
     }

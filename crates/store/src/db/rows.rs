@@ -49,11 +49,7 @@ pub(super) struct AuthRow {
 
 impl From<AuthRow> for AuthSession {
     fn from(r: AuthRow) -> Self {
-        AuthSession {
-            session_id: r.id,
-            user_id: r.user_id,
-            expires_at: r.expires_at,
-        }
+        AuthSession { session_id: r.id, user_id: r.user_id, expires_at: r.expires_at }
     }
 }
 
