@@ -75,7 +75,7 @@ impl From<StoreError> for ApiError {
                 "the database is unavailable; retry shortly",
             ),
             other => {
-                error!(error = %other, "store failure");
+                error!(error = %other, detail = ?other, "store failure");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }

@@ -132,7 +132,7 @@ fn health_of(state: &HttpState) -> Health {
         }),
         db: store
             .as_ref()
-            .map_or(not_configured, |s| json!({ "status": "ok", "pool": s.pool, "write_behind": s.activity })),
+            .map_or(not_configured, |s| json!({ "status": if s.pool.reachable { "ok" } else { "unavailable" }, "pool": s.pool, "write_behind": s.activity })),
     }
 }
 

@@ -122,6 +122,7 @@ async fn postgres_outage_and_recovery() {
     let r = api(srv.addr, "GET", "/api/users/someone-uncached", None, k).await;
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("unavailable")));
     assert!(store.flush_activity().await.is_err(), "the flush must fail while the database is down");
+    assert_eq!(crate::support::http_get(srv.addr, "/health", &[]).await.json()["db"]["status"], "unavailable");
     assert_eq!(store.stats().activity.pending, 1, "a failed flush keeps its rows");
 
     proxy.restore();

@@ -6,7 +6,7 @@ mod rows;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -45,6 +45,8 @@ pub struct PoolStats {
     pub acquire_wait_avg_us: u64,
     /// Longest wait for a connection, microseconds.
     pub acquire_wait_max_us: u64,
+    /// Whether the last acquisition succeeded (false while the database is unreachable).
+    pub reachable: bool,
 }
 
 /// Handle to the database.
@@ -55,6 +57,7 @@ pub struct Db {
     acquire_failures: AtomicU64,
     wait_total_us: AtomicU64,
     wait_max_us: AtomicU64,
+    reachable: AtomicBool,
     statements: Mutex<HashMap<&'static str, u64>>,
 }
 
@@ -110,6 +113,7 @@ impl Db {
             acquire_failures: AtomicU64::new(0),
             wait_total_us: AtomicU64::new(0),
             wait_max_us: AtomicU64::new(0),
+            reachable: AtomicBool::new(true),
             statements: Mutex::new(HashMap::new()),
         })
     }
@@ -133,7 +137,10 @@ impl Db {
         if result.is_err() {
             self.acquire_failures.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(result?)
+        self.reachable.store(result.is_ok(), Ordering::Relaxed);
+        // Whatever stops us getting a connection (refused, reset, garbled handshake,
+        // timeout) means the database is unavailable, not that the request was bad.
+        result.map_err(StoreError::Unavailable)
     }
 
     /// Pool figures.
@@ -153,6 +160,7 @@ impl Db {
             acquire_failures: self.acquire_failures.load(Ordering::Relaxed),
             acquire_wait_avg_us: self.wait_total_us.load(Ordering::Relaxed).checked_div(acquires).unwrap_or(0),
             acquire_wait_max_us: self.wait_max_us.load(Ordering::Relaxed),
+            reachable: self.reachable.load(Ordering::Relaxed),
         }
     }
 
