@@ -32,7 +32,7 @@ pub struct GatewayConfig {
     pub max_message_bytes: usize,
     /// Time allowed for the HTTP request head (and the TLS handshake) to arrive.
     pub handshake_timeout_ms: u64,
-    /// Time allowed for one outbound frame to be written before the peer is dropped.
+    /// Time allowed to write one batch of queued frames (at most the outbound queue) before the peer is dropped.
     pub write_timeout_ms: u64,
     /// Time to wait for the peer's close frame after the server sent its own.
     pub close_timeout_ms: u64,

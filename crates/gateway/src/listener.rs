@@ -75,10 +75,14 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         let limit = GatewayConfig::dur(self.shared.cfg.handshake_timeout_ms);
         match self.shared.tls.clone() {
             None => self.serve_stream(tcp, peer, http, stop).await,
+            // Boxed: the TLS state is ~5 KB and would otherwise size every plain connection's task.
             Some(acceptor) => {
-                if let Ok(Ok(tls)) = tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                    self.serve_stream(tls, peer, http, stop).await;
-                }
+                Box::pin(async move {
+                    if let Ok(Ok(tls)) = tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                        self.serve_stream(tls, peer, http, stop).await;
+                    }
+                })
+                .await
             }
         }
     }

@@ -142,17 +142,24 @@ where
                         Some(c) => encode_close(c, "", None),
                         None => encode_frame(OpCode::Close, true, false, &[], None),
                     };
-                    let _ = flush(shared, stream, conn, write_timeout).await;
-                    let _ = write_all(stream, &reply, write_timeout).await;
-                    let _ = stream.shutdown().await;
+                    // Boxed: rare, and would otherwise size every idle connection's future.
+                    Box::pin(async {
+                        let _ = flush(shared, stream, conn, write_timeout).await;
+                        let _ = write_all(stream, &reply, write_timeout).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
                     return End::PeerClosed(code);
                 }
             }
         }
         if let Some(v) = pending_violation.take() {
             C::inc(&shared.counters.protocol_closes);
-            let _ = flush(shared, stream, conn, write_timeout).await;
-            close(shared, stream, reader, CloseRequest { code: v.code, reason: v.reason.into() }).await;
+            Box::pin(async {
+                let _ = flush(shared, stream, conn, write_timeout).await;
+                close(shared, stream, reader, CloseRequest { code: v.code, reason: v.reason.into() }).await;
+            })
+            .await;
             return End::Violation(v);
         }
         // 2. Write what is queued; perform a requested close.
@@ -165,7 +172,7 @@ where
                     CloseCode::HeartbeatTimeout => C::inc(&shared.counters.heartbeat_timeouts),
                     _ => {}
                 }
-                close(shared, stream, reader, req).await;
+                Box::pin(close(shared, stream, reader, req)).await;
                 return End::ServerClosed(code);
             }
             Err(e) => return End::Io(e),
@@ -201,20 +208,24 @@ async fn flush<S: AsyncWrite + Unpin>(
     }
     let mut written = 0u64;
     let mut messages = 0u64;
-    for item in items {
-        let frame: Bytes = match item {
-            Outbound::Message(m) => {
-                messages += 1;
-                m.frame(&shared.encoder, conn.0.deflate)
-            }
-            Outbound::Control(b) => b,
-        };
-        write_all(stream, &frame, limit).await?;
-        written += frame.len() as u64;
-    }
-    match tokio::time::timeout(limit, stream.flush()).await {
+    // One timer for the whole batch keeps this future (and so every connection's task) small.
+    let batch = async {
+        for item in items {
+            let frame: Bytes = match item {
+                Outbound::Message(m) => {
+                    messages += 1;
+                    m.frame(&shared.encoder, conn.0.deflate)
+                }
+                Outbound::Control(b) => b,
+            };
+            stream.write_all(&frame).await?;
+            written += frame.len() as u64;
+        }
+        stream.flush().await
+    };
+    match tokio::time::timeout(limit, batch).await {
         Ok(r) => r?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "flush timed out")),
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
     }
     C::add(&shared.counters.bytes_out, written);
     C::add(&shared.counters.messages_out, messages);

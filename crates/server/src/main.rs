@@ -69,14 +69,24 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
-    let addr = (config.server.host.clone(), config.server.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot bind {}:{} (server.host / PORT)", addr.0, addr.1))?;
+    let listener = bind(&config)
+        .with_context(|| format!("cannot bind {}:{} (server.host / PORT)", config.server.host, config.server.port))?;
     let server = Server::new(config, mode);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     server.run(listener, shutdown, |_| {}).await
+}
+
+/// Binds with a deep accept queue: `TcpListener::bind` uses 1024, and a burst of
+/// reconnects (a drain elsewhere, a deploy) overflows it into 1 s client retries.
+fn bind(config: &Config) -> std::io::Result<tokio::net::TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let ip: std::net::IpAddr = config.server.host.parse().map_err(std::io::Error::other)?;
+    let addr = std::net::SocketAddr::new(ip, config.server.port);
+    let socket = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 async fn cancel_on_signal(token: CancellationToken) {

@@ -1,0 +1,147 @@
+//! `--processes P`: the parent forks P copies of itself, each with its share of the
+//! connections and source addresses, and coordinates them over stdin/stdout.
+//!
+//! A child prints one JSON line when its connections are up (`established`), holds them
+//! until the parent writes a line on its stdin (or its own deadline), then prints its
+//! tally (`done`) and exits.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cli::Args;
+use crate::health::ServerSample;
+use crate::report::Tally;
+use crate::scenario::idle::{self, close_budget};
+
+/// One line a child writes on stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum ChildLine {
+    Established { connected: usize, failed: usize },
+    Done { tally: Tally },
+}
+
+fn emit(line: &ChildLine) {
+    // Stdout is the pipe to the parent; one line per message.
+    println!("{}", serde_json::to_string(line).unwrap_or_default());
+}
+
+/// The child side.
+pub async fn run_child(args: &Args, deadline: Instant) -> Tally {
+    let est = idle::connect_all(args, deadline).await;
+    emit(&ChildLine::Established { connected: est.tally.connected, failed: est.tally.failed.values().sum() });
+    let hold_until = deadline - close_budget(args.max);
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    tokio::select! {
+        // A line or EOF (the parent went away) both mean: close now.
+        _ = stdin.next_line() => {}
+        () = tokio::time::sleep_until(hold_until) => {}
+    }
+    let tally = est.close_all(deadline).await;
+    emit(&ChildLine::Done { tally: tally.clone() });
+    tally
+}
+
+struct Kid {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    share: usize,
+    done: Option<Tally>,
+}
+
+/// The parent side: returns the merged tally and the server sample.
+pub async fn run_parent(args: &Args, deadline: Instant) -> Result<(Tally, Option<ServerSample>), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    // Children stop a little before the parent does.
+    let mut child_args = args.clone();
+    child_args.max = args.max.saturating_sub(Duration::from_secs(2));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, ChildLine)>();
+    let mut kids = Vec::with_capacity(args.processes);
+    for i in 0..args.processes {
+        let argv = child_args.child_argv(i);
+        let share = argv
+            .iter()
+            .position(|a| a == "--connections")
+            .and_then(|at| argv.get(at + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut child = Command::new(&exe)
+            .args(&argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start child {i}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("child has no stdout")?;
+        let stdin = child.stdin.take();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<ChildLine>(&line) {
+                    Ok(msg) => {
+                        let _ = tx.send((i, msg));
+                    }
+                    Err(_) => eprintln!("child {i}: {line}"),
+                }
+            }
+        });
+        kids.push(Kid { child, stdin, share, done: None });
+    }
+    drop(tx);
+
+    let hold_until = deadline - close_budget(args.max);
+    let mut up = 0;
+    let (mut connected, mut failed) = (0, 0);
+    while up < kids.len() {
+        match tokio::time::timeout_at(hold_until, rx.recv()).await {
+            Ok(Some((_, ChildLine::Established { connected: c, failed: f }))) => {
+                up += 1;
+                connected += c;
+                failed += f;
+            }
+            Ok(Some((i, ChildLine::Done { tally }))) => {
+                up += 1;
+                kids[i].done = Some(tally);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    eprintln!("{up}/{} processes established: {connected} connected, {failed} failed", kids.len());
+    let sample = crate::settle_and_sample(args, hold_until).await;
+
+    for kid in &mut kids {
+        if let Some(mut stdin) = kid.stdin.take() {
+            let _ = stdin.write_all(b"release\n").await;
+        }
+    }
+    while kids.iter().any(|k| k.done.is_none()) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((i, ChildLine::Done { tally }))) => kids[i].done = Some(tally),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut total = Tally::default();
+    for kid in &mut kids {
+        match kid.done.take() {
+            Some(t) => total.merge(t),
+            None => {
+                total.target += kid.share;
+                *total.failed.entry("child process gave no result".into()).or_default() += kid.share;
+            }
+        }
+        let bound = deadline.max(Instant::now()) + Duration::from_secs(1);
+        if tokio::time::timeout_at(bound, kid.child.wait()).await.is_err() {
+            let _ = kid.child.kill().await;
+        }
+    }
+    Ok((total, sample))
+}
