@@ -46,3 +46,45 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
+
+/// Runs the same async test body against both backends (on a current-thread runtime
+/// when the body pauses time).
+#[macro_export]
+macro_rules! both_backends {
+    (current_thread $name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn postgres() {
+                let $backend = $crate::testing::Backend::Postgres;
+                $body
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                let $backend = $crate::testing::Backend::Sqlite;
+                $body
+            }
+        }
+    };
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let $backend = $crate::testing::Backend::Postgres;
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $backend = $crate::testing::Backend::Sqlite;
+                $body
+            }
+        }
+    };
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, fresh_database, open, open_with};
+use rendezvous_store::both_backends;
 
 use rendezvous_bus::Bus;
 use rendezvous_store::{NewUser, StoreConfig, StoreError, UserPatch};

@@ -51,28 +51,7 @@ pub async fn config_for(backend: rendezvous_store::testing::Backend) -> Config {
     c
 }
 
-/// Runs the same async test body against Postgres and against SQLite.
-macro_rules! both_backends {
-    ($name:ident, |$backend:ident| $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test]
-            async fn postgres() {
-                let $backend = rendezvous_store::testing::Backend::Postgres;
-                $body
-            }
-
-            #[tokio::test]
-            async fn sqlite() {
-                let $backend = rendezvous_store::testing::Backend::Sqlite;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use both_backends;
+pub(crate) use rendezvous_store::both_backends;
 
 /// One API call over a fresh connection; `key` is sent as the Bearer token.
 pub async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> HttpResponse {

@@ -2,14 +2,13 @@
 //! for one key run one load and share its result (value or error).
 
 use std::future::Future;
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{CacheStats, Counters};
+use super::{CacheStats, Counters, Shelf};
 use crate::error::{SharedError, StoreError};
 
 type Outcome<V> = Option<Result<(V, Instant), SharedError>>;
@@ -20,10 +19,8 @@ struct Slot<V> {
 
 /// Keys are strings such as `user:<id>:calls:…`, so "everything about a user" is a prefix.
 pub struct QueryCache<V> {
-    slots: Mutex<lru::LruCache<String, Arc<Slot<V>>>>,
+    shelf: Shelf<String, Arc<Slot<V>>>,
     ttl: Duration,
-    capacity: Mutex<usize>,
-    counters: Counters,
 }
 
 /// Publishes an error to waiters if the loading caller is dropped mid-load.
@@ -37,7 +34,7 @@ struct LoadGuard<'a, V: Clone> {
 
 impl<V: Clone> Drop for LoadGuard<'_, V> {
     fn drop(&mut self) {
-        self.cache.counters.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.cache.shelf.counters.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if !self.done {
             let _ = self.tx.send(Some(Err(SharedError { message: "load cancelled".into(), unavailable: false })));
             self.cache.remove_if_same(self.key, &self.slot);
@@ -48,21 +45,11 @@ impl<V: Clone> Drop for LoadGuard<'_, V> {
 impl<V: Clone> QueryCache<V> {
     /// At most `capacity` keys, each fresh for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
-        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            slots: Mutex::new(lru::LruCache::new(cap)),
-            ttl,
-            capacity: Mutex::new(cap.get()),
-            counters: Counters::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Arc<Slot<V>>>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        Self { shelf: Shelf::new(capacity), ttl }
     }
 
     fn remove_if_same(&self, key: &str, slot: &Arc<Slot<V>>) {
-        let mut map = self.lock();
+        let mut map = self.shelf.lock();
         if map.peek(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             map.pop(key);
         }
@@ -79,30 +66,26 @@ impl<V: Clone> QueryCache<V> {
             Load(watch::Sender<Outcome<V>>, Arc<Slot<V>>),
         }
         let plan = {
-            let mut map = self.lock();
+            let mut map = self.shelf.lock();
             let existing = map.get(key).map(|slot| (slot.clone(), slot.rx.borrow().clone()));
             match existing {
                 Some((_, Some(Ok((v, at))))) if at.elapsed() < self.ttl => {
-                    Counters::bump(&self.counters.hits, 1);
+                    Counters::bump(&self.shelf.counters.hits, 1);
                     return Ok(v);
                 }
                 Some((slot, None)) => Plan::Wait(slot.rx.clone()),
                 stale => {
                     if matches!(stale, Some((_, Some(Ok(_))))) {
-                        Counters::bump(&self.counters.expirations, 1);
+                        Counters::bump(&self.shelf.counters.expirations, 1);
                     }
                     let (tx, rx) = watch::channel(None);
                     let slot = Arc::new(Slot { rx });
-                    if let Some((old_key, _)) = map.push(key.to_owned(), slot.clone()) {
-                        if old_key != key {
-                            Counters::bump(&self.counters.evictions, 1);
-                        }
-                    }
+                    self.shelf.put(&mut map, key.to_owned(), slot.clone());
                     Plan::Load(tx, slot)
                 }
             }
         };
-        Counters::bump(&self.counters.misses, 1);
+        Counters::bump(&self.shelf.counters.misses, 1);
         match plan {
             Plan::Wait(mut rx) => match rx.wait_for(Option::is_some).await {
                 Ok(outcome) => match outcome.clone() {
@@ -113,8 +96,8 @@ impl<V: Clone> QueryCache<V> {
                 Err(_) => unreachable_outcome(),
             },
             Plan::Load(tx, slot) => {
-                Counters::bump(&self.counters.in_flight, 1);
-                Counters::bump(&self.counters.loads, 1);
+                Counters::bump(&self.shelf.counters.in_flight, 1);
+                Counters::bump(&self.shelf.counters.loads, 1);
                 let mut guard = LoadGuard { cache: self, key, tx, slot, done: false };
                 let result = load().await;
                 guard.done = true;
@@ -136,45 +119,27 @@ impl<V: Clone> QueryCache<V> {
 
     /// Drops one key.
     pub fn invalidate(&self, key: &str) -> bool {
-        let removed = self.lock().pop(key).is_some();
-        if removed {
-            Counters::bump(&self.counters.invalidations, 1);
-        }
-        removed
+        self.shelf.drop_key(&key.to_owned())
     }
 
     /// Drops every key starting with `prefix` (e.g. `user:42:`); returns how many.
     pub fn invalidate_prefix(&self, prefix: &str) -> usize {
-        let mut map = self.lock();
-        let doomed: Vec<String> = map.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect();
-        for k in &doomed {
-            map.pop(k);
-        }
-        Counters::bump(&self.counters.invalidations, doomed.len() as u64);
-        doomed.len()
+        self.shelf.drop_where(|k, _| k.starts_with(prefix))
     }
 
     /// Drops everything.
     pub fn clear(&self) {
-        let mut map = self.lock();
-        Counters::bump(&self.counters.invalidations, map.len() as u64);
-        map.clear();
+        self.shelf.clear();
     }
 
     /// Changes the capacity (memory pressure shrinks it).
     pub fn resize(&self, capacity: usize) {
-        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        let mut map = self.lock();
-        let before = map.len();
-        map.resize(cap);
-        Counters::bump(&self.counters.evictions, before.saturating_sub(map.len()) as u64);
-        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = cap.get();
+        self.shelf.resize(capacity);
     }
 
     /// Current figures.
     pub fn stats(&self) -> CacheStats {
-        let size = self.lock().len();
-        self.counters.stats(size, *self.capacity.lock().unwrap_or_else(|e| e.into_inner()))
+        self.shelf.stats()
     }
 }
 
