@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, fresh_database, open, open_with};
+use common::{Backend, fresh_database, open, open_with, two_instances};
 use rendezvous_store::both_backends;
 
 use rendezvous_bus::Bus;
@@ -167,14 +167,7 @@ both_backends!(cooldowns_blocks_and_reports, |backend| {
 });
 
 both_backends!(another_instance_drops_its_copy_after_a_write, |backend| {
-    let db = fresh_database(backend).await;
-    let bus = Bus::in_process("a", 64);
-    let a = open_with(db.clone(), StoreConfig::default(), bus.clone()).await;
-    let b = open_with(db, StoreConfig::default(), bus.as_instance("b")).await;
-    let tracker = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    a.spawn_background(&tracker, stop.clone());
-    b.spawn_background(&tracker, stop.clone());
+    let (a, b, tracker, stop) = two_instances(backend).await;
     let u = a.create_user(ada()).await.unwrap();
     assert_eq!(a.user(&u.id).await.unwrap().unwrap().bio, "");
     assert_eq!(a.stats().users.size, 1);
@@ -192,13 +185,7 @@ both_backends!(another_instance_drops_its_copy_after_a_write, |backend| {
 });
 
 both_backends!(revocation_reaches_every_instance, |backend| {
-    let db = fresh_database(backend).await;
-    let bus = Bus::in_process("a", 64);
-    let a = open_with(db.clone(), StoreConfig::default(), bus.clone()).await;
-    let b = open_with(db, StoreConfig::default(), bus.as_instance("b")).await;
-    let tracker = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    a.spawn_background(&tracker, stop.clone());
+    let (a, b, _tracker, stop) = two_instances(backend).await;
     let mut revoked_on_a = a.revocations();
     let u = a.create_user(ada()).await.unwrap();
     let issued = a.issue_session(&u.id, None, None, None).await.unwrap();
