@@ -6,8 +6,13 @@ use std::time::Duration;
 pub const USAGE: &str = "usage: rendezvous-loadtest <scenario> [options]
 
 Scenarios:
-  idle     open N authenticated connections, hold them idle, close them cleanly
-  health   fetch /health once and print the connection and memory figures
+  idle          open N authenticated connections, hold them idle, close them cleanly
+  connect-rate  create U users with a session each (app API), then connect + welcome + close
+                with every token twice: first uncached (session LRU miss, database), then
+                cached; connects/s, latency and the session cache counters per phase
+  zipf          create U users, then R reads of GET /api/users/{id} with Zipf-distributed
+                ids; requests/s and the user/query cache hit rates over the reads
+  health        fetch /health once and print the connection and memory figures
 
 Target:
   --host HOST               server address (default 127.0.0.1)
@@ -30,6 +35,17 @@ Load (idle):
   --hold-secs S             keep the connections idle this long after sampling (default 10)
   --max-secs S              hard bound for the whole run (default 300)
 
+Store (connect-rate, zipf):
+  --api-key KEY             app API key (default: $RENDEZVOUS__API__KEY)
+  --users U                 users to create (default: connect-rate 1000, zipf 10000)
+  --setup-concurrency C     API requests in flight during setup (default 16)
+  --reads R                 zipf: reads in total (default 200000)
+  --zipf-s S                zipf: exponent (default 1.0)
+  --seed N                  zipf: random seed (default 1)
+  --concurrency C           connects / reads in flight (default 32 for these scenarios)
+  (--health-url defaults to http://HOST:PORT/health; --source-count, --connect-timeout-secs
+   and --max-secs apply)
+
 Output:
   --json                    print the report as JSON instead of a table
   -h, --help                this text";
@@ -38,6 +54,8 @@ Output:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     Idle,
+    ConnectRate,
+    Zipf,
     Health,
 }
 
@@ -62,6 +80,12 @@ pub struct Args {
     pub hold: Duration,
     pub max: Duration,
     pub json: bool,
+    pub api_key: Option<String>,
+    pub users: usize,
+    pub setup_concurrency: usize,
+    pub reads: usize,
+    pub zipf_s: f64,
+    pub seed: u64,
     /// Set in child processes: this child's index; it reports JSON lines on stdout
     /// and holds until the parent writes a line on stdin.
     pub child: Option<usize>,
@@ -88,6 +112,12 @@ impl Default for Args {
             hold: Duration::from_secs(10),
             max: Duration::from_secs(300),
             json: false,
+            api_key: None,
+            users: 0,
+            setup_concurrency: 16,
+            reads: 200_000,
+            zipf_s: 1.0,
+            seed: 1,
             child: None,
         }
     }
@@ -98,12 +128,15 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
     let mut args = Args::default();
     let mut it = argv.into_iter();
     let mut scenario = None;
+    let (mut concurrency, mut users) = (None, None);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
             "idle" if scenario.is_none() => scenario = Some(Scenario::Idle),
             "health" if scenario.is_none() => scenario = Some(Scenario::Health),
+            "connect-rate" if scenario.is_none() => scenario = Some(Scenario::ConnectRate),
+            "zipf" if scenario.is_none() => scenario = Some(Scenario::Zipf),
             "--host" => args.host = value(&arg)?,
             "--port" => args.port = num(&arg, &value(&arg)?)?,
             "--path" => args.path = value(&arg)?,
@@ -119,7 +152,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
                 }
                 args.sources = (0..k).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i)).collect();
             }
-            "--concurrency" => args.concurrency = num(&arg, &value(&arg)?)?,
+            "--concurrency" => concurrency = Some(num(&arg, &value(&arg)?)?),
             "--rate" => args.rate = num(&arg, &value(&arg)?)?,
             "--deflate" => args.deflate = true,
             "--user-prefix" => args.user_prefix = value(&arg)?,
@@ -129,12 +162,33 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
             "--max-secs" => args.max = secs(&arg, &value(&arg)?)?,
             "--json" => args.json = true,
             "--child" => args.child = Some(num(&arg, &value(&arg)?)?),
+            "--api-key" => args.api_key = Some(value(&arg)?),
+            "--users" => users = Some(num(&arg, &value(&arg)?)?),
+            "--setup-concurrency" => args.setup_concurrency = num(&arg, &value(&arg)?)?,
+            "--reads" => args.reads = num(&arg, &value(&arg)?)?,
+            "--zipf-s" => args.zipf_s = num(&arg, &value(&arg)?)?,
+            "--seed" => args.seed = num(&arg, &value(&arg)?)?,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    args.scenario = scenario.ok_or("missing scenario (idle or health)")?;
-    if args.processes == 0 || args.concurrency == 0 {
-        return Err("--processes and --concurrency must be at least 1".into());
+    args.scenario = scenario.ok_or("missing scenario (idle, connect-rate, zipf or health)")?;
+    let store_scenario = matches!(args.scenario, Scenario::ConnectRate | Scenario::Zipf);
+    args.concurrency = concurrency.unwrap_or(if store_scenario { 32 } else { args.concurrency });
+    args.users = users.unwrap_or(if args.scenario == Scenario::Zipf { 10_000 } else { 1000 });
+    if args.processes == 0 || args.concurrency == 0 || args.setup_concurrency == 0 {
+        return Err("--processes, --concurrency and --setup-concurrency must be at least 1".into());
+    }
+    if store_scenario {
+        args.api_key = args.api_key.or_else(|| std::env::var("RENDEZVOUS__API__KEY").ok()).filter(|k| !k.is_empty());
+        if args.api_key.is_none() {
+            return Err("this scenario needs --api-key or RENDEZVOUS__API__KEY".into());
+        }
+        if args.users == 0 {
+            return Err("--users must be at least 1".into());
+        }
+        if !(args.zipf_s >= 0.0 && args.zipf_s.is_finite()) {
+            return Err("--zipf-s must be a non-negative number".into());
+        }
     }
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         return Err("--rate must be a non-negative number".into());
@@ -253,5 +307,15 @@ mod tests {
         assert!(err("idle --bogus").contains("unknown"));
         assert!(err("idle --host 192.0.2.1").contains("loopback"));
         assert!(err("--json").contains("scenario"));
+        assert!(err("zipf --api-key 0123456789abcdef --zipf-s -1").contains("zipf-s"));
+    }
+
+    #[test]
+    fn store_scenarios_have_their_own_defaults() {
+        let z = parse_ok("zipf --api-key 0123456789abcdef");
+        assert_eq!((z.scenario, z.users, z.reads, z.concurrency, z.zipf_s), (Scenario::Zipf, 10_000, 200_000, 32, 1.0));
+        let c = parse_ok("connect-rate --api-key 0123456789abcdef --users 50 --concurrency 8");
+        assert_eq!((c.scenario, c.users, c.concurrency), (Scenario::ConnectRate, 50, 8));
+        assert_eq!(parse_ok("idle").concurrency, 200);
     }
 }

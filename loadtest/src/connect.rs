@@ -32,22 +32,22 @@ pub struct Opened {
     pub deflate_negotiated: bool,
 }
 
-/// Connects from `source`, upgrades with `token=dev-<user>` and waits for `welcome`.
-/// The error is the failure reason used as a report key.
-pub async fn open(target: &Target, source: Ipv4Addr, user: &str) -> Result<Opened, String> {
-    match tokio::time::timeout(target.timeout, open_inner(target, source, user)).await {
+/// Connects from `source`, upgrades with `?token=<token>` (`dev-<user>` or a session
+/// token) and waits for `welcome`. The error is the failure reason used as a report key.
+pub async fn open(target: &Target, source: Ipv4Addr, token: &str) -> Result<Opened, String> {
+    match tokio::time::timeout(target.timeout, open_inner(target, source, token)).await {
         Ok(r) => r,
         Err(_) => Err("timeout".into()),
     }
 }
 
-async fn open_inner(target: &Target, source: Ipv4Addr, user: &str) -> Result<Opened, String> {
+async fn open_inner(target: &Target, source: Ipv4Addr, token: &str) -> Result<Opened, String> {
     let socket = TcpSocket::new_v4().map_err(|e| io_reason("socket", &e))?;
     socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0))).map_err(|e| io_reason("bind", &e))?;
     let tcp = socket.connect(SocketAddr::V4(target.addr)).await.map_err(|e| io_reason("connect", &e))?;
     let _ = tcp.set_nodelay(true);
 
-    let url = format!("ws://{}{}?token=dev-{user}", target.addr, target.path);
+    let url = format!("ws://{}{}?token={token}", target.addr, target.path);
     let mut request = url.into_client_request().map_err(|e| format!("bad request: {e}"))?;
     if target.deflate {
         request.headers_mut().insert("Sec-WebSocket-Extensions", HeaderValue::from_static(DEFLATE_OFFER));
@@ -84,6 +84,27 @@ async fn open_inner(target: &Target, source: Ipv4Addr, user: &str) -> Result<Ope
             None => return Err("eof before welcome".into()),
         }
     }
+}
+
+/// Sends a close frame and waits (at most 5 s) for the server's echo and EOF; true if
+/// the closing handshake completed.
+pub async fn close_cleanly(mut ws: Ws) -> bool {
+    let close = async {
+        if ws.close(None).await.is_err() {
+            return false;
+        }
+        // The server echoes the close frame, then shuts the TCP connection.
+        let mut echoed = false;
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(_)) => echoed = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        echoed
+    };
+    tokio::time::timeout(Duration::from_secs(5), close).await.unwrap_or(false)
 }
 
 fn kind(m: &ServerMessage) -> &'static str {

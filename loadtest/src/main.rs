@@ -5,14 +5,22 @@
 //! - `cli`: options.
 //! - `connect`: one connection from a chosen source address, up to its `welcome`.
 //! - `scenario::idle`: many connections, held idle, closed cleanly.
+//! - `scenario::connect_rate`, `scenario::zipf` (with `scenario::setup`): the store
+//!   benchmarks — session-authenticated connects, cached and not; Zipf profile reads.
 //! - `fork`: `--processes`, to stay under the per-process open-file cap.
-//! - `health`: `/health` and `/proc/<pid>/status` sampling.
+//! - `health`: `/health` and `/proc/<pid>/status` sampling; `cache`: `/health` cache counters.
+//! - `http`: a kept-alive HTTP/1.1 client for the app API; `pool`: jobs on N workers.
+//! - `dist`: seeded RNG and the Zipf sampler.
 //! - `report`: tallies, their merge, the table and the JSON.
 
+mod cache;
 mod cli;
 mod connect;
+mod dist;
 mod fork;
 mod health;
+mod http;
+mod pool;
 mod report;
 mod scenario;
 
@@ -66,6 +74,8 @@ async fn run(args: Args) -> ExitCode {
             }
             if s.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
+        Scenario::ConnectRate => scenario::connect_rate::run(&args, deadline).await,
+        Scenario::Zipf => scenario::zipf::run(&args, deadline).await,
         Scenario::Idle if args.child.is_some() => {
             fork::run_child(&args, deadline).await;
             ExitCode::SUCCESS

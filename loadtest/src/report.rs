@@ -65,7 +65,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(samples: &mut [u64]) -> Self {
+    pub fn of(samples: &mut [u64]) -> Self {
         samples.sort_unstable();
         let at = |q: f64| -> f64 {
             if samples.is_empty() {

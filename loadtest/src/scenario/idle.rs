@@ -57,7 +57,7 @@ pub async fn connect_all(args: &Args, deadline: Instant) -> Established {
     let mut tasks = JoinSet::new();
     for i in 0..n {
         let start_at = if args.rate > 0.0 { started + Duration::from_secs_f64(i as f64 / args.rate) } else { started };
-        let user = format!("{}{proc_index}-{i}", args.user_prefix);
+        let token = format!("dev-{}{proc_index}-{i}", args.user_prefix);
         let source = sources[i % sources.len()];
         let (target, sem, tx) = (target.clone(), sem.clone(), tx.clone());
         let release = release.subscribe();
@@ -67,7 +67,7 @@ pub async fn connect_all(args: &Args, deadline: Instant) -> Established {
                 return HoldEnd::NotConnected;
             };
             let t0 = Instant::now();
-            let opened = connect::open(&target, source, &user).await;
+            let opened = connect::open(&target, source, &token).await;
             drop(permit);
             match opened {
                 Err(reason) => {
@@ -149,21 +149,5 @@ async fn hold(mut ws: Ws, mut release: watch::Receiver<bool>, until: Instant) ->
             },
         }
     }
-    let close = async {
-        if ws.close(None).await.is_err() {
-            return false;
-        }
-        // The server echoes the close frame, then shuts the TCP connection.
-        let mut echoed = false;
-        while let Some(msg) = ws.next().await {
-            match msg {
-                Ok(Message::Close(_)) => echoed = true,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        echoed
-    };
-    let clean = tokio::time::timeout(Duration::from_secs(5), close).await.unwrap_or(false);
-    HoldEnd::Closed { clean }
+    HoldEnd::Closed { clean: connect::close_cleanly(ws).await }
 }
