@@ -152,11 +152,6 @@ impl Connection {
         self.0.wake.notify_one();
     }
 
-    /// Whether a close has been requested.
-    pub fn is_closing(&self) -> bool {
-        self.0.queue.lock().unwrap_or_else(|e| e.into_inner()).close.is_some()
-    }
-
     /// Takes everything queued, and the close request if any.
     pub(crate) fn take(&self) -> (VecDeque<Outbound>, Option<CloseRequest>) {
         let mut q = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());

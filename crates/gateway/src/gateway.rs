@@ -176,9 +176,4 @@ impl GatewayHandle {
         self.0.registry.for_each(|c| n += usize::from(c.send(msg).is_ok()));
         n
     }
-
-    /// The gateway configuration in force.
-    pub fn config(&self) -> &GatewayConfig {
-        &self.0.cfg
-    }
 }

@@ -80,16 +80,6 @@ impl Server {
         Self { config, mode, instance }
     }
 
-    /// This instance's name.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
-    /// The configuration in force (after mode adjustments).
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Serves `listener` until `shutdown` is cancelled, then drains, stops the
     /// background work and flushes the write-behind buffer. `on_ready` receives
     /// handles once serving starts.
