@@ -37,4 +37,5 @@ pub use handler::{AuthError, Authenticator, Handler, Identity};
 pub use limits::TokioClock;
 pub use metrics::GatewayCounters;
 pub use outbound::SharedMessage;
+pub use upgrade::client_ip;
 pub use ws::reader::Message;

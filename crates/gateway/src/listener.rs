@@ -127,6 +127,11 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         }
         drop(head);
         let io = TokioIo::new(Prefixed { prefix: Bytes::from(buf), inner: stream });
+        // Handlers read the peer with axum's `ConnectInfo<SocketAddr>` (per-IP limits).
+        let http = tower::ServiceExt::map_request(http, move |mut req: http::Request<_>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limit)

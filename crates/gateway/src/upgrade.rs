@@ -34,9 +34,11 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-fn client_ip(cfg: &GatewayConfig, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+/// The client's address: the peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` hop that no trusted proxy added.
+pub fn client_ip(trusted_proxies: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     let peer_ip = peer.ip();
-    if !cfg.trusted_proxies.contains(&peer_ip) {
+    if !trusted_proxies.contains(&peer_ip) {
         return peer_ip;
     }
     // The rightmost address a trusted proxy did not add is the client.
@@ -47,7 +49,7 @@ fn client_ip(cfg: &GatewayConfig, peer: SocketAddr, headers: &HeaderMap) -> IpAd
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    hops.into_iter().rev().find(|ip| !cfg.trusted_proxies.contains(ip)).unwrap_or(peer_ip)
+    hops.into_iter().rev().find(|ip| !trusted_proxies.contains(ip)).unwrap_or(peer_ip)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -78,7 +80,7 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         if let Some(reason) = shared.admission.as_ref().and_then(|check| check()) {
             return Err(unavailable(reason).into());
         }
-        let ip = client_ip(cfg, peer, &head.headers);
+        let ip = client_ip(&cfg.trusted_proxies, peer, &head.headers);
         if let Err(wait) = shared.connect_limiter.check(ip) {
             C::inc(&counters.rejected_rate_limited);
             return Err(HttpRefusal::new(

@@ -35,17 +35,12 @@ pub struct Config {
 }
 
 /// Which tokens the gateway accepts besides store sessions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Accept `dev-<user>` tokens without a session (development only; off in production).
-    pub dev_tokens: bool,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self { dev_tokens: true }
-    }
+    /// Accept `dev-<user>` tokens without a session. Unset: on in development mode only;
+    /// `true` outside development mode is refused at start.
+    pub dev_tokens: Option<bool>,
 }
 
 /// The HTTP API for the app backend (`docs/api.md`).
@@ -54,8 +49,13 @@ impl Default for AuthConfig {
 pub struct ApiConfig {
     /// Bearer key the app backend presents; empty disables the API (503).
     pub key: String,
-    /// `POST /api/guest` creates a throwaway user and session for the demo page.
-    pub guest_sign_in: bool,
+    /// `POST /api/guest` creates a throwaway user and session for the demo page. Unset: on
+    /// in development mode only; `true` outside development mode is refused at start.
+    pub guest_sign_in: Option<bool>,
+    /// Guest sign-ins per client address per minute (sustained); 0 turns the limit off.
+    pub guest_per_minute: u32,
+    /// Guest sign-ins a client address may make in a burst above the sustained rate.
+    pub guest_burst: u32,
     /// Lifetime of guest sessions.
     pub guest_session_ttl_ms: u64,
     /// Largest request body accepted, in bytes.
@@ -66,7 +66,9 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             key: String::new(),
-            guest_sign_in: true,
+            guest_sign_in: None,
+            guest_per_minute: 6,
+            guest_burst: 3,
             guest_session_ttl_ms: 24 * 3600 * 1000,
             max_body_bytes: 64 * 1024,
         }
@@ -105,6 +107,9 @@ impl Default for MemoryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// `auto`, `development` or `production`; decides the development shortcuts
+    /// (see [`Config::is_development`]).
+    pub mode: ServerMode,
     /// Address to bind.
     pub host: String,
     /// Port to bind; `PORT` overrides it. 0 picks a free port.
@@ -115,6 +120,19 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Default log filter when `RUST_LOG` is unset.
     pub log_level: String,
+}
+
+/// Whether development shortcuts (`dev-<user>` tokens, open guest sign-in) may be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerMode {
+    /// Development with the embedded SQLite database, production with a database URL.
+    #[default]
+    Auto,
+    /// Development shortcuts on by default, even against a real database.
+    Development,
+    /// Development shortcuts off; turning one on is a startup error.
+    Production,
 }
 
 /// Log output format.
@@ -138,6 +156,7 @@ pub struct RedisConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            mode: ServerMode::Auto,
             host: "0.0.0.0".into(),
             port: 8080,
             instance_id: String::new(),
@@ -235,6 +254,7 @@ impl Config {
         if !self.api.key.is_empty() && self.api.key.len() < 16 {
             return invalid("api.key", "must be empty (API off) or at least 16 characters");
         }
+        self.check_shortcuts()?;
         if self.api.guest_session_ttl_ms == 0 {
             return invalid("api.guest_session_ttl_ms", "must be greater than 0");
         }
@@ -264,6 +284,53 @@ impl Config {
         }
         Ok(())
     }
+
+    /// True when development shortcuts default to on: `server.mode = "development"`, or
+    /// `auto` with the embedded SQLite database (the zero-config local run).
+    pub fn is_development(&self) -> bool {
+        match self.server.mode {
+            ServerMode::Development => true,
+            ServerMode::Production => false,
+            ServerMode::Auto => !self.database.effective_url().starts_with("postgres"),
+        }
+    }
+
+    /// Whether `dev-<user>` tokens are accepted.
+    pub fn dev_tokens(&self) -> bool {
+        self.auth.dev_tokens.unwrap_or_else(|| self.is_development())
+    }
+
+    /// Whether `POST /api/guest` is open.
+    pub fn guest_sign_in(&self) -> bool {
+        self.api.guest_sign_in.unwrap_or_else(|| self.is_development())
+    }
+
+    /// A shortcut turned on explicitly outside development mode is refused: against a
+    /// real database it lets anyone sign in as anyone, and that must never happen by accident.
+    fn check_shortcuts(&self) -> Result<(), ConfigError> {
+        if self.is_development() {
+            return Ok(());
+        }
+        let why = match self.server.mode {
+            ServerMode::Production => "server.mode is \"production\"",
+            _ => "server.mode is \"auto\" and database.url / DATABASE_URL names a database server",
+        };
+        for (key, on, what) in [
+            ("auth.dev_tokens", self.auth.dev_tokens, "dev-<user> tokens let anyone connect as any user"),
+            ("api.guest_sign_in", self.api.guest_sign_in, "guest sign-in lets anyone create users without a key"),
+        ] {
+            if on == Some(true) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!(
+                        "{what}; refused because {why}. Set server.mode = \"development\" \
+                         (RENDEZVOUS__SERVER__MODE=development) to allow it knowingly"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +353,8 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/production.toml");
         let c = Config::load_from(env(&[("RENDEZVOUS_CONFIG", path)])).unwrap();
         assert!(!c.gateway.allowed_origins.is_empty());
-        assert!(!c.auth.dev_tokens && !c.api.guest_sign_in);
+        assert!(!c.dev_tokens() && !c.guest_sign_in());
+        assert_eq!(c.server.mode, ServerMode::Production);
     }
 
     #[test]
@@ -329,6 +397,38 @@ mod tests {
             let err = Config::load_from(env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(key), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn shortcuts_follow_the_database_unless_the_mode_says_otherwise() {
+        let local = Config::load_from(env(&[])).unwrap();
+        assert!(local.is_development() && local.dev_tokens() && local.guest_sign_in());
+        let pg = Config::load_from(env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
+        assert!(!pg.is_development() && !pg.dev_tokens() && !pg.guest_sign_in());
+        let dev =
+            Config::load_from(env(&[("DATABASE_URL", "postgres://x/y"), ("RENDEZVOUS__SERVER__MODE", "development")]))
+                .unwrap();
+        assert!(dev.dev_tokens() && dev.guest_sign_in());
+        let prod = Config::load_from(env(&[("RENDEZVOUS__SERVER__MODE", "production")])).unwrap();
+        assert!(!prod.dev_tokens() && !prod.guest_sign_in());
+        let opted_out = Config::load_from(env(&[("RENDEZVOUS__AUTH__DEV_TOKENS", "false")])).unwrap();
+        assert!(!opted_out.dev_tokens() && opted_out.guest_sign_in());
+    }
+
+    #[test]
+    fn shortcuts_turned_on_against_a_database_server_refuse_to_start() {
+        for (key, var) in [
+            ("auth.dev_tokens", "RENDEZVOUS__AUTH__DEV_TOKENS"),
+            ("api.guest_sign_in", "RENDEZVOUS__API__GUEST_SIGN_IN"),
+        ] {
+            let err =
+                Config::load_from(env(&[("DATABASE_URL", "postgres://x/y"), (var, "true")])).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("server.mode"), "{err}");
+            let err = Config::load_from(env(&[("RENDEZVOUS__SERVER__MODE", "production"), (var, "true")])).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let err = Config::load_from(env(&[("RENDEZVOUS__SERVER__MODE", "staging")])).unwrap_err().to_string();
+        assert!(err.contains("mode"), "{err}");
     }
 
     #[test]

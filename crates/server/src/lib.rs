@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
-pub use config::{ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig};
+pub use config::{ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig, ServerMode};
 pub use guard::{Level, MemoryGuard};
 pub use handlers::{EchoHandler, ProtocolHandler};
 pub use http::{Health, HttpParts, HttpState};
@@ -137,7 +137,8 @@ impl Server {
             let guard = guard.clone();
             Arc::new(move || (guard.level() == Level::Critical).then_some("server is low on memory; retry shortly"))
         };
-        let auth = StoreAuthenticator::new(store.clone(), cfg.auth.dev_tokens);
+        warn_about_shortcuts(cfg);
+        let auth = StoreAuthenticator::new(store.clone(), cfg.dev_tokens());
         let handler =
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()));
         let gateway = Gateway::with_admission(cfg.gateway.clone(), auth, handler, Some(admission))?;
@@ -148,7 +149,7 @@ impl Server {
             guard: Some(guard),
             bus: Some(bus),
         };
-        let api = api::router(store.clone(), cfg.api.clone());
+        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
         on_ready(Running { gateway: gateway.handle(), store: Some(store) });
         serve_gateway(gateway, listener, http, api, shutdown).await
     }
@@ -192,6 +193,29 @@ async fn close_revoked(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Says at every start, loudly, which development shortcuts are on, and what a
+/// production deploy is missing.
+fn warn_about_shortcuts(cfg: &Config) {
+    let mut on = Vec::new();
+    if cfg.dev_tokens() {
+        on.push("dev-<user> tokens (anyone can connect as any user)");
+    }
+    if cfg.guest_sign_in() {
+        on.push("open guest sign-in (anyone can create users)");
+    }
+    if !on.is_empty() {
+        warn!(
+            shortcuts = %on.join("; "),
+            mode = ?cfg.server.mode,
+            "DEVELOPMENT MODE: do not expose this server. Set DATABASE_URL to a database server or \
+             server.mode = \"production\" to turn the shortcuts off"
+        );
+    }
+    if !cfg.is_development() && cfg.gateway.allowed_origins.is_empty() {
+        warn!("gateway.allowed_origins is empty: browsers on any site may open connections with a user's token");
     }
 }
 

@@ -21,17 +21,24 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<&'static str>,
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, retry_after_secs: None }
+    }
+
+    /// Adds a `Retry-After` header (503s get 5 s without one).
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     /// A 400 (malformed) or 422 (breaks a rule) naming `field`.
     pub(crate) fn field(status: StatusCode, field: &'static str, message: impl Into<String>) -> Self {
         let code = if status == StatusCode::UNPROCESSABLE_ENTITY { "invalid" } else { "bad_request" };
-        Self { status, code, message: message.into(), field: Some(field) }
+        Self { status, code, message: message.into(), field: Some(field), retry_after_secs: None }
     }
 }
 
@@ -42,8 +49,9 @@ impl IntoResponse for ApiError {
             error["field"] = json!(f);
         }
         let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        let retry_after = self.retry_after_secs.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(5));
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         resp
     }

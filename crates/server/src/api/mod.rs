@@ -3,11 +3,13 @@
 //! guest sign-in for the demo page.
 
 mod extract;
+mod guest;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -18,20 +20,26 @@ use serde_json::json;
 
 use crate::config::ApiConfig;
 use extract::{ApiError, ApiKey, JsonBody, QueryParams};
+use guest::GuestLimiter;
 
 /// What the API handlers share.
 #[derive(Clone)]
 pub(crate) struct ApiState {
     store: Arc<Store>,
     cfg: Arc<ApiConfig>,
+    /// Present when guest sign-in is on.
+    guests: Option<Arc<GuestLimiter>>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The `/api` routes.
-pub fn router(store: Arc<Store>, cfg: ApiConfig) -> Router {
+/// The `/api` routes. `guest_sign_in` opens `POST /api/guest`, limited per client address
+/// (behind `trusted_proxies`, the forwarded address).
+pub fn router(store: Arc<Store>, cfg: ApiConfig, guest_sign_in: bool, trusted_proxies: Vec<IpAddr>) -> Router {
     let limit = cfg.max_body_bytes;
-    let state = ApiState { store, cfg: Arc::new(cfg) };
+    let guests =
+        guest_sign_in.then(|| Arc::new(GuestLimiter::new(cfg.guest_per_minute, cfg.guest_burst, trusted_proxies)));
+    let state = ApiState { store, cfg: Arc::new(cfg), guests };
     Router::new()
         .route("/api/users", post(create_user))
         .route("/api/users/{id}", get(get_user).patch(update_user).delete(delete_user))
@@ -147,10 +155,16 @@ struct GuestRequest {
 }
 
 /// Development only: a throwaway user and a short session, no API key.
-async fn guest(State(s): State<ApiState>, JsonBody(req): JsonBody<GuestRequest, true>) -> ApiResult<Response> {
-    if !s.cfg.guest_sign_in {
+async fn guest(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    JsonBody(req): JsonBody<GuestRequest, true>,
+) -> ApiResult<Response> {
+    let Some(limiter) = &s.guests else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "guest sign-in is disabled"));
-    }
+    };
+    limiter.check(peer, &headers)?;
     let name = req.display_name.unwrap_or_else(|| format!("Guest {:04}", rand::random::<u16>() % 10_000));
     let user = s.store.create_user(NewUser { display_name: name, ..Default::default() }).await?;
     let ttl = Duration::from_millis(s.cfg.guest_session_ttl_ms);

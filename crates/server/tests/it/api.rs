@@ -101,7 +101,7 @@ both_backends!(call_history_is_listed_newest_first, |backend| {
 async fn api_without_a_key_is_disabled_and_guest_sign_in_can_be_off() {
     let mut cfg = test_config();
     cfg.api.key = String::new();
-    cfg.api.guest_sign_in = false;
+    cfg.api.guest_sign_in = Some(false);
     let srv = start(cfg, Mode::Serve).await;
     let r = api(srv.addr, "POST", "/api/users", Some(r#"{"display_name":"A"}"#), Some("anything-at-all-123")).await;
     assert_eq!((r.status, r.json()["error"]["code"].clone()), (503, json!("unavailable")));

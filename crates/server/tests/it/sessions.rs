@@ -79,13 +79,52 @@ async fn guest_sign_in_gives_a_working_token() {
 #[tokio::test]
 async fn dev_tokens_can_be_turned_off() {
     let mut cfg = test_config();
-    cfg.auth.dev_tokens = false;
+    cfg.auth.dev_tokens = Some(false);
     let srv = start(cfg, Mode::Serve).await;
     let refused = RawClient::connect(srv.addr, ConnectOpts { token: Some("dev-alice"), ..Default::default() })
         .await
         .err()
         .unwrap();
     assert_eq!(refused.status, 401);
+}
+
+/// What a new operator gets with only `DATABASE_URL` set: no development shortcuts.
+#[tokio::test]
+async fn a_database_server_without_a_mode_turns_the_development_shortcuts_off() {
+    let db = rendezvous_store::testing::fresh_database(rendezvous_store::testing::Backend::Postgres).await;
+    let env = [
+        ("DATABASE_URL".to_owned(), db.url.clone().unwrap()),
+        ("RENDEZVOUS__SERVER__HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("PORT".to_owned(), "0".to_owned()),
+    ];
+    let cfg = rendezvous::Config::load_from(env).unwrap();
+    assert!(!cfg.is_development());
+    let srv = start(cfg, Mode::Serve).await;
+    let refused = RawClient::connect(srv.addr, ConnectOpts { token: Some("dev-mallory"), ..Default::default() })
+        .await
+        .err()
+        .expect("a dev token must not open a connection against Postgres");
+    assert_eq!(refused.status, 401);
+    for _ in 0..5 {
+        assert_eq!(api(srv.addr, "POST", "/api/guest", None, None).await.status, 404);
+    }
+}
+
+#[tokio::test]
+async fn guest_sign_in_is_limited_per_address() {
+    let mut cfg = test_config();
+    cfg.api.guest_per_minute = 6;
+    cfg.api.guest_burst = 3;
+    let srv = start(cfg, Mode::Serve).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(api(srv.addr, "POST", "/api/guest", None, None).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [201, 201, 201, 429, 429]);
+    let refused = &statuses[3];
+    assert_eq!(refused.json()["error"]["code"], "too_many_requests");
+    assert!(refused.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
 }
 
 #[tokio::test]

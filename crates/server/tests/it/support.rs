@@ -40,6 +40,8 @@ pub fn test_config() -> Config {
     c.server.host = "127.0.0.1".into();
     c.server.port = 0;
     c.server.instance_id = "test-instance".into();
+    // Tests use dev tokens on either backend.
+    c.server.mode = rendezvous::ServerMode::Development;
     c.gateway.connect_rate.per_second = 0;
     c
 }
