@@ -309,62 +309,6 @@ fn non_empty(v: &str) -> Result<String, String> {
     if v.is_empty() { Err("must not be empty".into()) } else { Ok(v.to_owned()) }
 }
 
-impl IdleArgs {
-    /// The arguments a child process gets: its share of connections, rate and sources.
-    pub fn child_argv(&self, index: usize, max: Duration) -> Vec<String> {
-        let p = self.processes;
-        let share = self.connections / p + usize::from(index < self.connections % p);
-        let sources = self.sources_of(index);
-        let mut v: Vec<String> = vec![
-            "idle".into(),
-            "--child".into(),
-            index.to_string(),
-            "--host".into(),
-            self.target.host.to_string(),
-            "--port".into(),
-            self.target.port.to_string(),
-            "--path".into(),
-            self.path.clone(),
-            "--connections".into(),
-            share.to_string(),
-            "--sources".into(),
-            sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-            "--concurrency".into(),
-            self.concurrency.to_string(),
-            "--rate".into(),
-            (self.rate / p as f64).to_string(),
-            "--user-prefix".into(),
-            self.user_prefix.clone(),
-            "--connect-timeout-secs".into(),
-            self.connect_timeout.as_secs_f64().to_string(),
-            // The parent decides when to sample and release; the child only needs the bound.
-            "--max-secs".into(),
-            max.as_secs_f64().to_string(),
-        ];
-        if self.deflate {
-            v.push("--deflate".into());
-        }
-        v
-    }
-
-    /// Connections process `index` opens (what [`Self::child_argv`] gives it).
-    pub fn share_of(&self, index: usize) -> usize {
-        self.connections / self.processes + usize::from(index < self.connections % self.processes)
-    }
-
-    /// Source addresses of process `index`: a share of the list when there are enough
-    /// addresses to go round, otherwise one address shared with other processes.
-    pub fn sources_of(&self, index: usize) -> Vec<Ipv4Addr> {
-        let (p, all) = (self.processes, self.sources.addrs());
-        if all.len() >= p { all.iter().skip(index).step_by(p).copied().collect() } else { vec![all[index % all.len()]] }
-    }
-
-    /// This process's number in user ids (0 for a single process).
-    pub fn process_index(&self) -> usize {
-        self.child.unwrap_or(0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -385,24 +329,6 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn sources_are_shared_out_and_children_parse_back() {
-        let a = idle("--source-count 4 --processes 2 --connections 5 --deflate --rate 10");
-        assert_eq!(a.sources.addrs().len(), 4);
-        assert_eq!(a.sources_of(0), vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 4)]);
-        assert_eq!(a.sources_of(1), vec![Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 5)]);
-        let b = idle("--sources 127.0.0.2 --processes 3");
-        assert_eq!(b.sources_of(2), vec![Ipv4Addr::new(127, 0, 0, 2)]);
-        let argv = a.child_argv(0, Duration::from_secs(30));
-        let Command::Idle(child) = Cli::try_parse_from(std::iter::once("x".to_owned()).chain(argv)).unwrap().command
-        else {
-            panic!("child argv is not idle");
-        };
-        assert_eq!((child.child, child.connections, a.share_of(0), a.share_of(1)), (Some(0), 3, 3, 2));
-        assert_eq!(child.sources.addrs(), a.sources_of(0));
-        assert_eq!((child.rate, child.deflate, child.max), (5.0, true, Duration::from_secs(30)));
     }
 
     #[test]

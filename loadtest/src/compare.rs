@@ -2,9 +2,9 @@
 //!
 //! Every number in a summary is a figure, named by its path (`connect_latency.p99_ms`,
 //! `phases[cached].connects_per_sec`: array items go by their `name` when they have one).
-//! Which direction is better follows from the name; a figure with no better direction (a
-//! setting such as `users`, a fact such as `size`) is shown, and flagged when it differs,
-//! but never judged.
+//! Which direction is better follows from the name. A setting (`users`, `concurrency`) is
+//! flagged when it differs, since the runs then measured different things; a figure with no
+//! better direction (`elapsed_secs`, a cache's `size`) is shown but never judged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -20,6 +20,9 @@ use crate::cli::CompareArgs;
 pub enum Better {
     Higher,
     Lower,
+    /// How the run was set up: should not move at all between comparable runs.
+    Setting,
+    /// A fact with no better direction.
     Neither,
 }
 
@@ -32,8 +35,10 @@ pub enum Verdict {
     Improvement,
     /// Within the threshold (or equal).
     Same,
-    /// A figure with no better direction that changed: the runs were set up differently.
+    /// A setting that changed: the runs were set up differently.
     Differs,
+    /// Changed, but has no better direction.
+    Unjudged,
     OnlyOld,
     OnlyNew,
 }
@@ -138,6 +143,23 @@ pub fn better(figure: &str) -> Better {
     {
         return Better::Lower;
     }
+    if matches!(
+        last,
+        "target"
+            | "processes"
+            | "sources"
+            | "users"
+            | "users_requested"
+            | "reads"
+            | "zipf_s"
+            | "seed"
+            | "concurrency"
+            | "attempts"
+            | "capacity"
+            | "session_cache_capacity"
+    ) {
+        return Better::Setting;
+    }
     Better::Neither
 }
 
@@ -151,8 +173,10 @@ fn judge(better: Better, old: Option<f64>, new: Option<f64>, threshold_pct: f64)
     if delta == 0.0 {
         return Verdict::Same;
     }
-    if better == Better::Neither {
-        return Verdict::Differs;
+    match better {
+        Better::Setting => return Verdict::Differs,
+        Better::Neither => return Verdict::Unjudged,
+        Better::Higher | Better::Lower => {}
     }
     let rel = if old == 0.0 { f64::INFINITY } else { (delta / old.abs() * 100.0).abs() };
     if rel <= threshold_pct {
@@ -216,7 +240,7 @@ impl Comparison {
             let flag = match r.verdict {
                 Verdict::Regression => "REGRESSION",
                 Verdict::Improvement => "better",
-                Verdict::Same => "",
+                Verdict::Same | Verdict::Unjudged => "",
                 Verdict::Differs => "differs (setting)",
                 Verdict::OnlyOld => "only in old",
                 Verdict::OnlyNew => "only in new",
@@ -227,11 +251,14 @@ impl Comparison {
         }
         let _ = writeln!(
             t,
-            "  {} regressions, {} improvements, {} settings differ, {} figures within {} %",
+            "  {} regressions, {} improvements, {} settings differ, {} judged figures within {} %",
             self.count(Verdict::Regression),
             self.count(Verdict::Improvement),
             self.count(Verdict::Differs),
-            self.count(Verdict::Same),
+            self.rows
+                .iter()
+                .filter(|r| r.verdict == Verdict::Same && matches!(better(&r.figure), Better::Higher | Better::Lower))
+                .count(),
             num(self.threshold_pct)
         );
         t
@@ -300,9 +327,11 @@ mod tests {
             ("cache.users.hit_rate", Better::Higher),
             ("server.vmrss_bytes", Better::Lower),
             ("connected", Better::Higher),
-            ("users", Better::Neither),
+            ("users", Better::Setting),
+            ("phases[cached].attempts", Better::Setting),
+            ("cache.users.capacity", Better::Setting),
             ("elapsed_secs", Better::Neither),
-            ("cache.users.capacity", Better::Neither),
+            ("cache.users.size", Better::Neither),
         ] {
             assert_eq!(better(figure), want, "{figure}");
         }
@@ -310,9 +339,9 @@ mod tests {
 
     #[test]
     fn judges_each_figure_against_the_threshold() {
-        let old = json!({"scenario": "zipf", "users": 100, "requests_per_sec": 1000.0,
+        let old = json!({"scenario": "zipf", "users": 100, "elapsed_secs": 3, "requests_per_sec": 1000.0,
             "latency": {"p50_ms": 1.0, "p99_ms": 10.0}, "failed": {}, "ok": 500, "gone": 1});
-        let new = json!({"scenario": "zipf", "users": 200, "requests_per_sec": 1200.0,
+        let new = json!({"scenario": "zipf", "users": 200, "elapsed_secs": 9, "requests_per_sec": 1200.0,
             "latency": {"p50_ms": 1.05, "p99_ms": 12.5}, "failed": {"timeout": 3}, "ok": 500, "fresh": 2});
         let c = compare(&old, &new, 10.0).unwrap();
         assert_eq!(row(&c, "requests_per_sec").verdict, Verdict::Improvement);
@@ -323,6 +352,7 @@ mod tests {
         let t = row(&c, "failed.timeout");
         assert_eq!((t.old, t.new, t.verdict, t.percent()), (Some(0.0), Some(3.0), Verdict::Regression, None));
         assert_eq!(row(&c, "users").verdict, Verdict::Differs);
+        assert_eq!(row(&c, "elapsed_secs").verdict, Verdict::Unjudged);
         assert_eq!(row(&c, "ok").verdict, Verdict::Same);
         assert_eq!((row(&c, "gone").verdict, row(&c, "fresh").verdict), (Verdict::OnlyOld, Verdict::OnlyNew));
         assert_eq!((c.count(Verdict::Regression), c.count(Verdict::Improvement)), (2, 1));

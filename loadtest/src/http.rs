@@ -85,20 +85,25 @@ impl HttpConn {
     /// Sends one request and reads the whole response. The error is a short reason
     /// (`timeout`, `io connect ConnectionRefused`, ...) used as a report key.
     pub async fn request(&mut self, method: Method, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, self.addr.to_string())
-            .header(header::ACCEPT, "application/json");
-        if let Some(b) = &self.bearer {
-            req = req.header(header::AUTHORIZATION, b);
-        }
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let body = Full::new(Bytes::copy_from_slice(body.unwrap_or_default()));
-        let req = req.body(body).map_err(|e| format!("bad request: {e}"))?;
-        match tokio::time::timeout(TIMEOUT, self.exchange(req)).await {
+        let idempotent = method.is_idempotent();
+        let content = Bytes::copy_from_slice(body.unwrap_or_default());
+        let build = || {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(header::HOST, self.addr.to_string())
+                .header(header::ACCEPT, "application/json");
+            if let Some(b) = &self.bearer {
+                req = req.header(header::AUTHORIZATION, b);
+            }
+            if body.is_some() {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+            }
+            req.body(Full::new(content.clone())).map_err(|e| format!("bad request: {e}"))
+        };
+        let req = build()?;
+        let again = if idempotent { build().ok() } else { None };
+        match tokio::time::timeout(TIMEOUT, self.exchange(req, again)).await {
             Ok(r) => r,
             // The connection was dropped with the request: a late answer cannot be mistaken
             // for the next one's.
@@ -106,17 +111,23 @@ impl HttpConn {
         }
     }
 
-    async fn exchange(&mut self, mut req: Request<Full<Bytes>>) -> Result<Response, String> {
+    /// Sends `req` on the kept-alive connection (or a new one). If a kept-alive connection
+    /// turns out to be closed, the request is sent once more on a new one when that is safe:
+    /// it was never sent, or `again` (a copy of an idempotent request) is given.
+    async fn exchange(
+        &mut self,
+        mut req: Request<Full<Bytes>>,
+        mut again: Option<Request<Full<Bytes>>>,
+    ) -> Result<Response, String> {
         for attempt in 0..2 {
             let reused = self.sender.is_some();
+            let retry_ok = reused && attempt == 0;
             let mut sender = match self.sender.take() {
                 Some(s) if !s.is_closed() => s,
                 _ => connect(self.addr).await?,
             };
-            // A kept-alive connection the server has closed since fails here, or gives the
-            // request back unsent below: either way it is safe to retry on a new one.
             if let Err(e) = sender.ready().await {
-                if reused && attempt == 0 {
+                if retry_ok {
                     continue;
                 }
                 return Err(hyper_reason(&e));
@@ -130,8 +141,11 @@ impl HttpConn {
                     self.sender = Some(sender);
                     return Ok(Response { status, body });
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused && attempt == 0 => req = unsent,
+                // A server that closed a kept-alive connection may have done so after the
+                // request was written: only an idempotent one is sent again then.
+                Err(mut e) => match (e.take_message(), again.take()) {
+                    (Some(unsent), _) if retry_ok => req = unsent,
+                    (None, Some(copy)) if retry_ok && e.error().is_incomplete_message() => req = copy,
                     _ => return Err(hyper_reason(e.error())),
                 },
             }
@@ -226,23 +240,30 @@ mod tests {
         assert!("http://example.com/".parse::<HttpUrl>().is_err());
     }
 
-    /// A server that answers each connection's requests with `answers` in turn (read
-    /// until the head ends; requests here have small or no bodies), then closes.
-    async fn serve(answers: Vec<&'static str>) -> SocketAddrV4 {
+    /// A server that accepts one connection per entry of `conns` and answers its requests
+    /// with that entry's answers in turn (reading until each head ends; requests here have
+    /// small or no bodies), then closes it; then it stops listening.
+    async fn serve_conns(conns: Vec<Vec<&'static str>>) -> SocketAddrV4 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else { unreachable!() };
         tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            for answer in answers {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    n += s.read(&mut buf[n..]).await.unwrap();
+            for answers in conns {
+                let (mut s, _) = listener.accept().await.unwrap();
+                for answer in answers {
+                    let mut buf = vec![0u8; 4096];
+                    let mut n = 0;
+                    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        n += s.read(&mut buf[n..]).await.unwrap();
+                    }
+                    s.write_all(answer.as_bytes()).await.unwrap();
                 }
-                s.write_all(answer.as_bytes()).await.unwrap();
             }
         });
         addr
+    }
+
+    async fn serve(answers: Vec<&'static str>) -> SocketAddrV4 {
+        serve_conns(vec![answers]).await
     }
 
     #[tokio::test]
@@ -266,5 +287,16 @@ mod tests {
         // The server is gone now: the reason names the refused connect.
         let err = fetch_json(&url).await.unwrap_err();
         assert!(err.contains("io connect ConnectionRefused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_server_closed_is_reopened() {
+        const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let addr = serve_conns(vec![vec![OK], vec![OK]]).await;
+        let mut api = Api::new(addr, "k");
+        api.get_user("a").await.unwrap();
+        // The server closed the first connection after one answer, with no `Connection:
+        // close`; the second read still succeeds, on a second connection.
+        api.get_user("b").await.unwrap();
     }
 }
