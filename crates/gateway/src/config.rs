@@ -120,8 +120,9 @@ pub struct ConnectRateConfig {
 
 /// Sockets accepted but not (yet) WebSocket connections: handshakes in progress and
 /// plain HTTP connections. They hold file descriptors, so they are capped: at the cap the
-/// oldest is dropped for the newcomer, because a real client sends its request at once
-/// and a stalled one never does.
+/// oldest one waiting on its peer is dropped for the newcomer, because a real client sends
+/// its request at once and a stalled one never does. When none is waiting, accepting
+/// pauses (newcomers wait in the kernel's accept queue).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PendingConfig {
@@ -129,7 +130,7 @@ pub struct PendingConfig {
     pub max_sockets: usize,
     /// Above this share of `max_sockets` (percent) the gateway counts as busy.
     pub busy_percent: u8,
-    /// While busy: sockets older than this are dropped, and new ones get this handshake deadline.
+    /// While busy: sockets waiting on their peer longer than this are dropped, and new ones get this handshake deadline.
     pub busy_timeout_ms: u64,
 }
 
@@ -212,7 +213,7 @@ impl Default for ConnectRateConfig {
 
 impl Default for PendingConfig {
     fn default() -> Self {
-        Self { max_sockets: 1024, busy_percent: 75, busy_timeout_ms: 2_000 }
+        Self { max_sockets: 4096, busy_percent: 75, busy_timeout_ms: 2_000 }
     }
 }
 

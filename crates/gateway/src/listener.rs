@@ -101,15 +101,17 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
     /// Serves one accepted socket until it becomes a WebSocket session or closes, or until
     /// its pending slot says to drop it.
     async fn serve_socket(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, http: axum::Router, slot: PendingSlot) {
-        let limit = slot.handshake_timeout;
         let serve = async {
             match self.shared.tls.clone() {
-                None => self.serve_stream(tcp, peer, http, limit).await,
+                None => self.serve_stream(tcp, peer, http, &slot).await,
                 // Boxed: the TLS state is ~5 KB and would otherwise size every plain connection's task.
                 Some(acceptor) => {
                     Box::pin(async {
-                        if let Ok(Ok(tls)) = tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                            self.serve_stream(tls, peer, http, limit).await;
+                        // A client sends its ClientHello at once; until the handshake is done it counts as waiting.
+                        slot.set_waiting(true);
+                        if let Ok(Ok(tls)) = tokio::time::timeout(slot.handshake_timeout, acceptor.accept(tcp)).await {
+                            slot.set_waiting(false);
+                            self.serve_stream(tls, peer, http, &slot).await;
                         }
                     })
                     .await
@@ -118,16 +120,21 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         };
         tokio::select! {
             // Evicted for a newer socket, or the gateway is stopping: dropping closes the socket.
-            () = slot.drop_now.cancelled() => {}
+            () = slot.drop_now().cancelled() => {}
             () = serve => {}
         }
     }
 
-    async fn serve_stream<S>(&self, mut stream: S, peer: SocketAddr, http: axum::Router, limit: Duration)
+    async fn serve_stream<S>(&self, mut stream: S, peer: SocketAddr, http: axum::Router, slot: &PendingSlot)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (head, buf) = match tokio::time::timeout(limit, read_head(&mut stream)).await {
+        let limit = slot.handshake_timeout;
+        let mut watched = MarkWaiting { inner: &mut stream, slot };
+        let read = tokio::time::timeout(limit, read_head(&mut watched)).await;
+        // Admission (or an HTTP request) in progress: not a socket to drop for room.
+        slot.set_waiting(false);
+        let (head, buf) = match read {
             Ok(Ok(Some(read))) => read,
             Ok(Ok(None)) => return,
             Ok(Err(HeadRead::TooLarge)) => {
@@ -161,6 +168,8 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             return;
         }
         drop(head);
+        // Mostly idle keep-alives: the first to go when room is needed.
+        slot.set_waiting(true);
         let io = TokioIo::new(Prefixed { prefix: Bytes::from(buf), inner: stream });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -208,11 +217,13 @@ async fn accept_loop<A: Authenticator, H: Handler>(
     let shared = gw.shared.clone();
     let mut failures = LogThrottle::new(ACCEPT_WARN_PERIOD);
     loop {
+        // Before accepting: an accepted socket holds a descriptor, one in the kernel's queue does not.
+        let evicted = shared.pending.make_room().await;
+        C::add(&shared.counters.pending_evicted, evicted as u64);
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
                 let slot = shared.pending.admit(Instant::now());
-                C::add(&shared.counters.pending_evicted, slot.evicted as u64);
                 sockets.spawn(gw.clone().serve_socket(tcp, peer, http.clone(), slot));
             }
             Err(e) => {
@@ -223,6 +234,22 @@ async fn accept_loop<A: Authenticator, H: Handler>(
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
+    }
+}
+
+/// Tells the pending slot its socket waits on the peer whenever a read finds nothing.
+struct MarkWaiting<'a, S> {
+    inner: &'a mut S,
+    slot: &'a PendingSlot,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for MarkWaiting<'_, S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if polled.is_pending() {
+            self.slot.set_waiting(true);
+        }
+        polled
     }
 }
 

@@ -60,7 +60,7 @@ async fn stalled_handshakes_cannot_exhaust_descriptors_of_the_real_binary() {
     assert_eq!(within_a_second("/ready", http_get(addr, "/ready", &[])).await.status, 200);
     let metrics = String::from_utf8(http_get(addr, "/metrics", &[]).await.body).unwrap();
     assert!(metrics.contains("rendezvous_pending_socket_limit 64\n"), "{metrics}");
-    drop(held);
+    drop((held, alice));
     assert_eq!(server.count("accept failed"), 0);
     server.terminate().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::PATIENCE;
 
 /// The environment a spawned binary runs with: loopback on a free port, JSON logs, a
-/// fresh SQLite file and development tokens. Every such setting lives here, so a change to
+/// fresh SQLite file, development tokens and a drain short enough for a test to wait out. Every such setting lives here, so a change to
 /// how development tokens are enabled is made once.
 pub fn binary_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let dir = std::env::temp_dir().join("rendezvous-tests");
@@ -23,6 +23,8 @@ pub fn binary_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         ("RENDEZVOUS__SERVER__INSTANCE_ID", "binary-test"),
         ("RENDEZVOUS__AUTH__DEV_TOKENS", "true"),
         ("RENDEZVOUS__DATABASE__SQLITE_PATH", sqlite.to_str().unwrap()),
+        ("RENDEZVOUS__GATEWAY__DRAIN__WINDOW_MS", "100"),
+        ("RENDEZVOUS__GATEWAY__DRAIN__GRACE_MS", "3000"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
