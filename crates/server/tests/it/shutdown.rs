@@ -11,7 +11,8 @@ use rendezvous_store::now_ms;
 use tokio::time::Instant;
 
 use crate::support::{
-    API_KEY, ConnectOpts, RawClient, api, both_backends, config_for, eventually, start, start_gateway, test_config,
+    API_KEY, BinaryServer, ConnectOpts, RawClient, api, binary_env, both_backends, config_for, eventually, start,
+    start_gateway, test_config,
 };
 
 async fn user_with_token(addr: std::net::SocketAddr) -> (String, String) {
@@ -145,4 +146,21 @@ async fn a_forced_shutdown_stops_waiting_at_once() {
         .expect("a forced shutdown still waited")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_the_binary_without_waiting_out_the_drain() {
+    let env = binary_env(&[
+        ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "100"),
+        ("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "100"),
+        ("RENDEZVOUS__GATEWAY__DRAIN__WINDOW_MS", "30000"),
+        ("RENDEZVOUS__GATEWAY__DRAIN__GRACE_MS", "60000"),
+    ]);
+    let mut server = BinaryServer::spawn_with_nofile(1024, env);
+    let addr = server.addr().await;
+    let mut c = RawClient::user(addr, "lingering", false).await;
+    server.sigterm();
+    assert_eq!(c.json().await["type"], "server.draining");
+    server.sigterm();
+    server.exited(Duration::from_secs(2)).await;
 }

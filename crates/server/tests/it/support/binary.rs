@@ -91,19 +91,29 @@ impl BinaryServer {
         self.lines.lock().unwrap().iter().filter(|l| l["fields"]["message"] == message).count()
     }
 
-    /// Sends SIGTERM and waits for a successful exit.
-    pub async fn terminate(mut self) {
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+    }
+
+    /// Waits at most `limit` for a successful exit.
+    pub async fn exited(mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "rendezvous exited with {status}");
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "rendezvous did not exit after SIGTERM");
+            assert!(tokio::time::Instant::now() < deadline, "rendezvous did not exit within {limit:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Sends SIGTERM and waits for a successful exit.
+    pub async fn terminate(self) {
+        self.sigterm();
+        self.exited(PATIENCE).await;
     }
 }
 
