@@ -139,7 +139,7 @@ pub struct ConnectionStats {
     pub upgrading: usize,
     /// Sockets accepted but not (yet) WebSocket connections: handshakes and plain HTTP.
     pub pending: usize,
-    /// The cap on `pending`; at it the oldest is dropped.
+    /// The cap on `pending`; at it the oldest socket waiting on its peer is dropped.
     pub pending_limit: usize,
     /// Client IPs tracked by the attempt limiter.
     pub rate_limited_ips_tracked: usize,

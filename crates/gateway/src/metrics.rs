@@ -21,7 +21,7 @@ pub struct GatewayCounters {
     pub rejected_unavailable: AtomicU64,
     /// Upgrades refused with 503 because the authenticator did not answer within `auth_timeout_ms`.
     pub auth_timeouts: AtomicU64,
-    /// Pending sockets dropped to make room (the oldest at the cap, or past the busy deadline).
+    /// Pending sockets waiting on their peer dropped to make room (the oldest at the cap, or past the busy deadline).
     pub pending_evicted: AtomicU64,
     /// Failed `accept` calls (usually EMFILE: out of file descriptors).
     pub accept_errors: AtomicU64,

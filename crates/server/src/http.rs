@@ -202,7 +202,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     );
     p.gauge(
         "pending_socket_limit",
-        "cap on pending sockets; at it the oldest is dropped",
+        "cap on pending sockets; at it the oldest waiting one is dropped",
         h.connections.pending_limit as f64,
     );
     p.gauge("memory_rss_bytes", "resident set size", mem.rss_bytes as f64);

@@ -1,10 +1,14 @@
 //! The shutdown tree: one root token, one child per subsystem, stopped in order.
 //!
 //! ```text
-//! root ──┬── drain   the first SIGTERM/SIGINT: the gateway stops admitting and drains
-//!        ├── tasks   domain tasks, stopped once the connections are gone
-//!        └── store   store tasks, stopped last; then the final flush and the pool close
+//! root ──┬── drain    the first SIGTERM/SIGINT: the gateway stops admitting and drains
+//!        ├── domain   domain tasks, stopped once every connection has closed
+//!        └── store    store tasks, stopped last (the write-behind flushes one last time);
+//!                     then the database pool closes
 //! ```
+//!
+//! [`Phases`] is where a new domain task (presence, the matchmaker) is spawned so that it
+//! stops in the right place.
 //!
 //! Cancelling the root (a second signal, or a caller giving up) cancels every child at
 //! once and cuts every remaining wait short.
