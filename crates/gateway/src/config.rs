@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     pub max_message_bytes: usize,
     /// Time allowed for the HTTP request head (and the TLS handshake) to arrive.
     pub handshake_timeout_ms: u64,
+    /// Time allowed for the [`Authenticator`](crate::Authenticator) to resolve a token; on expiry HTTP 503.
+    pub auth_timeout_ms: u64,
     /// Time allowed to write one batch of queued frames (at most the outbound queue) before the peer is dropped.
     pub write_timeout_ms: u64,
     /// Time to wait for the peer's close frame after the server sent its own.
@@ -50,6 +52,8 @@ pub struct GatewayConfig {
     pub message_rate: MessageRateConfig,
     /// Per-IP connection-attempt rate limit.
     pub connect_rate: ConnectRateConfig,
+    /// Sockets accepted but not (yet) WebSocket connections.
+    pub pending: PendingConfig,
     /// Graceful drain on SIGTERM/SIGINT.
     pub drain: DrainConfig,
     /// Native TLS (`wss://`); absent means plain TCP.
@@ -114,13 +118,30 @@ pub struct ConnectRateConfig {
     pub prune_interval_ms: u64,
 }
 
+/// Sockets accepted but not (yet) WebSocket connections: handshakes in progress and
+/// plain HTTP connections. They hold file descriptors, so they are capped: at the cap the
+/// oldest one waiting on its peer is dropped for the newcomer, because a real client sends
+/// its request at once and a stalled one never does. When none is waiting, accepting
+/// pauses (newcomers wait in the kernel's accept queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PendingConfig {
+    /// Most such sockets held at once.
+    pub max_sockets: usize,
+    /// Above this share of `max_sockets` (percent) the gateway counts as busy.
+    pub busy_percent: u8,
+    /// While busy: sockets waiting on their peer longer than this are dropped, and new ones get this handshake deadline.
+    pub busy_timeout_ms: u64,
+}
+
 /// Graceful drain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrainConfig {
     /// Closes (1001) are spread uniformly over this window after the signal.
     pub window_ms: u64,
-    /// Hard deadline after the signal; the process exits by then.
+    /// Connections get at most this long after the signal to close and run their
+    /// handler's `on_close`; the server's later shutdown steps (`server.shutdown`) follow.
     pub grace_ms: u64,
 }
 
@@ -143,6 +164,7 @@ impl Default for GatewayConfig {
             per_user_policy: PerUserPolicy::CloseOldest,
             max_message_bytes: 64 * 1024,
             handshake_timeout_ms: 10_000,
+            auth_timeout_ms: 5_000,
             write_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
             allowed_origins: Vec::new(),
@@ -152,6 +174,7 @@ impl Default for GatewayConfig {
             outbound_queue: OutboundQueueConfig::default(),
             message_rate: MessageRateConfig::default(),
             connect_rate: ConnectRateConfig::default(),
+            pending: PendingConfig::default(),
             drain: DrainConfig::default(),
             tls: None,
         }
@@ -185,6 +208,12 @@ impl Default for MessageRateConfig {
 impl Default for ConnectRateConfig {
     fn default() -> Self {
         Self { per_second: 10, burst: 30, prune_interval_ms: 60_000 }
+    }
+}
+
+impl Default for PendingConfig {
+    fn default() -> Self {
+        Self { max_sockets: 4096, busy_percent: 75, busy_timeout_ms: 2_000 }
     }
 }
 
@@ -225,6 +254,8 @@ impl GatewayConfig {
         }
         for (key, v) in [
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("pending.busy_timeout_ms", self.pending.busy_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("close_timeout_ms", self.close_timeout_ms),
             ("heartbeat.interval_ms", self.heartbeat.interval_ms),
@@ -259,6 +290,15 @@ impl GatewayConfig {
         }
         if self.connect_rate.per_second > 0 && self.connect_rate.burst == 0 {
             return bad("connect_rate.burst", "must be at least 1 when the limit is on");
+        }
+        if self.pending.max_sockets == 0 {
+            return bad("pending.max_sockets", "must be at least 1");
+        }
+        if !(1..=100).contains(&self.pending.busy_percent) {
+            return bad("pending.busy_percent", "must be between 1 and 100");
+        }
+        if self.pending.busy_timeout_ms > self.handshake_timeout_ms {
+            return bad("pending.busy_timeout_ms", "must be at most handshake_timeout_ms: it shortens that deadline");
         }
         if self.drain.grace_ms < self.drain.window_ms {
             return bad("drain.grace_ms", "must be at least drain.window_ms");
@@ -296,6 +336,10 @@ mod tests {
             ("compression.level", |c| c.compression.level = 10),
             ("outbound_queue.max_bytes", |c| c.outbound_queue.max_bytes = 1),
             ("drain.grace_ms", |c| c.drain.grace_ms = 1),
+            ("auth_timeout_ms", |c| c.auth_timeout_ms = 0),
+            ("pending.max_sockets", |c| c.pending.max_sockets = 0),
+            ("pending.busy_percent", |c| c.pending.busy_percent = 0),
+            ("pending.busy_timeout_ms", |c| c.pending.busy_timeout_ms = c.handshake_timeout_ms + 1),
             ("allowed_origins", |c| c.allowed_origins = vec!["example.com".into()]),
             ("websocket_paths", |c| c.websocket_paths = vec!["ws".into()]),
         ];

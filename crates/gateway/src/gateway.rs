@@ -13,6 +13,7 @@ use crate::handler::{Authenticator, Handler};
 use crate::limits::ConnectLimiter;
 use crate::metrics::GatewayCounters;
 use crate::outbound::{FrameEncoder, SharedMessage};
+use crate::pending::PendingSockets;
 use crate::registry::Registry;
 use crate::ws::deflate::DeflatePool;
 
@@ -30,6 +31,9 @@ pub(crate) struct Shared {
     pub(crate) started: tokio::time::Instant,
     pub(crate) draining: AtomicBool,
     pub(crate) admission: Option<AdmissionCheck>,
+    /// Sockets not (yet) WebSocket connections, capped.
+    pub(crate) pending: Arc<PendingSockets>,
+    /// Every WebSocket session task; the drain waits for it to empty, `on_close` included.
     pub(crate) tracker: TaskTracker,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -101,6 +105,7 @@ impl Gateway<(), ()> {
             started: tokio::time::Instant::now(),
             draining: AtomicBool::new(false),
             admission,
+            pending: Arc::new(PendingSockets::new(&cfg.pending, GatewayConfig::dur(cfg.handshake_timeout_ms))),
             tracker: TaskTracker::new(),
             tls,
             cfg,
@@ -148,6 +153,10 @@ pub struct ConnectionStats {
     pub per_user_limit: usize,
     /// Upgrades in progress (slots reserved but not yet registered).
     pub upgrading: usize,
+    /// Sockets accepted but not (yet) WebSocket connections: handshakes and plain HTTP.
+    pub pending: usize,
+    /// The cap on `pending`; at it the oldest socket waiting on its peer is dropped.
+    pub pending_limit: usize,
     /// Client IPs tracked by the attempt limiter.
     pub rate_limited_ips_tracked: usize,
 }
@@ -167,6 +176,8 @@ impl GatewayHandle {
             utilization: total as f64 / limit as f64,
             per_user_limit: self.0.cfg.max_connections_per_user,
             upgrading: r.reserved().saturating_sub(total),
+            pending: self.0.pending.len(),
+            pending_limit: self.0.pending.max(),
             rate_limited_ips_tracked: self.0.connect_limiter.tracked(),
         }
     }

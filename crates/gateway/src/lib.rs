@@ -10,7 +10,8 @@
 //! - [`Connection`]: the handle to one connection; [`SharedMessage`] is encoded once for many.
 //! - [`GatewayHandle`]: stats, lookups and broadcasts for the rest of the server.
 //! - Internals: `upgrade` (admission checks), `session` (the per-connection loop),
-//!   `registry` (caps), `limits` (rate limits), `listener` (accept loop, drain).
+//!   `registry` (caps), `limits` (rate limits), `pending` (the cap on sockets not yet
+//!   connections), `listener` (accept loop, drain).
 
 mod config;
 mod conn;
@@ -21,6 +22,7 @@ mod limits;
 mod listener;
 mod metrics;
 mod outbound;
+mod pending;
 mod registry;
 mod reply;
 mod session;
@@ -32,7 +34,7 @@ pub mod ws;
 
 pub use config::{
     CompressionConfig, ConfigError, ConnectRateConfig, DrainConfig, GatewayConfig, HeartbeatConfig, MessageRateConfig,
-    OutboundQueueConfig, PerUserPolicy, TlsConfig,
+    OutboundQueueConfig, PendingConfig, PerUserPolicy, TlsConfig,
 };
 pub use conn::{Connection, SendError};
 pub use error::GatewayError;

@@ -19,13 +19,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Shared};
 use crate::handler::{Authenticator, Handler};
+use crate::metrics::GatewayCounters as C;
 use crate::outbound::Outbound;
+use crate::pending::{PendingSlot, PendingSockets};
 use crate::reply::HttpRefusal;
 use crate::ws::handshake::{HeadError, RequestHead, parse_head};
 
@@ -33,11 +36,20 @@ use crate::ws::handshake::{HeadError, RequestHead, parse_head};
 const MAX_HEAD: usize = 16 * 1024;
 const PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
+/// How often a failing `accept` may log; the lines in between are counted, not printed.
+const ACCEPT_WARN_PERIOD: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (usually EMFILE) instead of spinning on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 impl<A: Authenticator, H: Handler> Gateway<A, H> {
-    /// Serves `listener` until `shutdown` is cancelled, then drains: `/ready` turns 503,
-    /// new upgrades get 503, every client gets `server.draining` and is closed with 1001
-    /// at a random moment within the drain window. Returns once every connection is
-    /// gone or the grace period has passed.
+    /// Serves `listener` until `shutdown` is cancelled, then drains:
+    /// 1. `/ready` turns 503 and new upgrades get 503; the listener stays open through the
+    ///    drain so probes and clients get that answer rather than a refused connection;
+    /// 2. every client gets `server.draining` and is closed with 1001 at a random moment
+    ///    within `drain.window_ms`;
+    /// 3. the listener closes and every socket that is not a WebSocket connection is dropped;
+    /// 4. every session task is awaited, its handler's `on_close` included, until
+    ///    `drain.grace_ms` after the signal; sessions still running then are logged.
     ///
     /// `http` answers every request that is not a WebSocket upgrade.
     pub async fn run(
@@ -48,16 +60,37 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
     ) -> Result<(), GatewayError> {
         let gw = Arc::new(self);
         let shared = gw.shared.clone();
-        let tracker = shared.tracker.clone();
-        let stop = CancellationToken::new();
-        tracker.spawn(heartbeat(shared.clone(), stop.child_token()));
-        tracker.spawn(prune(shared.clone(), stop.child_token()));
-        tracker.spawn(accept_loop(gw.clone(), listener, http, stop.clone()));
-        shutdown.cancelled().await;
-        drain(&shared).await;
-        stop.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+        // However `run` ends (a forced stop drops it), no pending socket waits out its deadline.
+        let _close_pending = ClosePending(shared.pending.clone());
+        let background = TaskTracker::new();
+        background.spawn(heartbeat(shared.clone(), shutdown.clone()));
+        background.spawn(prune(shared.clone(), shutdown.clone()));
+        let sockets = TaskTracker::new();
+        let mut accepting = Box::pin(accept_loop(gw.clone(), listener, http, sockets.clone()));
+        tokio::select! {
+            () = &mut accepting => {}
+            () = shutdown.cancelled() => {}
+        }
+        let deadline = Instant::now() + GatewayConfig::dur(shared.cfg.drain.grace_ms);
+        tokio::select! {
+            () = &mut accepting => {}
+            () = drain(&shared) => {}
+        }
+        drop(accepting);
+        shared.pending.close();
+        sockets.close();
+        background.close();
+        // Quick: every socket task was just told to drop its socket, and the background stopped at the signal.
+        let _ = tokio::time::timeout_at(deadline, async { tokio::join!(sockets.wait(), background.wait()) }).await;
+        // Upgrades that passed the draining check just before it was set.
+        shared.registry.for_each(|c| c.close(CloseCode::GoingAway, CloseCode::GoingAway.default_reason()));
+        shared.tracker.close();
+        if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
+            warn!(
+                sessions = shared.tracker.len(),
+                "drain grace period elapsed; these sessions may still call on_close after the server moves on"
+            );
+        }
         Ok(())
     }
 
@@ -65,34 +98,43 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         self.shared.cfg.websocket_paths.iter().any(|p| p == path)
     }
 
-    async fn serve_socket(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        http: axum::Router,
-        stop: CancellationToken,
-    ) {
-        let limit = GatewayConfig::dur(self.shared.cfg.handshake_timeout_ms);
-        match self.shared.tls.clone() {
-            None => self.serve_stream(tcp, peer, http, stop).await,
-            // Boxed: the TLS state is ~5 KB and would otherwise size every plain connection's task.
-            Some(acceptor) => {
-                Box::pin(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                        self.serve_stream(tls, peer, http, stop).await;
-                    }
-                })
-                .await
+    /// Serves one accepted socket until it becomes a WebSocket session or closes, or until
+    /// its pending slot says to drop it.
+    async fn serve_socket(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, http: axum::Router, slot: PendingSlot) {
+        let serve = async {
+            match self.shared.tls.clone() {
+                None => self.serve_stream(tcp, peer, http, &slot).await,
+                // Boxed: the TLS state is ~5 KB and would otherwise size every plain connection's task.
+                Some(acceptor) => {
+                    Box::pin(async {
+                        // A client sends its ClientHello at once; until the handshake is done it counts as waiting.
+                        slot.set_waiting(true);
+                        if let Ok(Ok(tls)) = tokio::time::timeout(slot.handshake_timeout, acceptor.accept(tcp)).await {
+                            slot.set_waiting(false);
+                            self.serve_stream(tls, peer, http, &slot).await;
+                        }
+                    })
+                    .await
+                }
             }
+        };
+        tokio::select! {
+            // Evicted for a newer socket, or the gateway is stopping: dropping closes the socket.
+            () = slot.drop_now().cancelled() => {}
+            () = serve => {}
         }
     }
 
-    async fn serve_stream<S>(&self, mut stream: S, peer: SocketAddr, http: axum::Router, stop: CancellationToken)
+    async fn serve_stream<S>(&self, mut stream: S, peer: SocketAddr, http: axum::Router, slot: &PendingSlot)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let limit = GatewayConfig::dur(self.shared.cfg.handshake_timeout_ms);
-        let (head, buf) = match tokio::time::timeout(limit, read_head(&mut stream)).await {
+        let limit = slot.handshake_timeout;
+        let mut watched = MarkWaiting { inner: &mut stream, slot };
+        let read = tokio::time::timeout(limit, read_head(&mut watched)).await;
+        // Admission (or an HTTP request) in progress: not a socket to drop for room.
+        slot.set_waiting(false);
+        let (head, buf) = match read {
             Ok(Ok(Some(read))) => read,
             Ok(Ok(None)) => return,
             Ok(Err(HeadRead::TooLarge)) => {
@@ -126,6 +168,8 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             return;
         }
         drop(head);
+        // Mostly idle keep-alives: the first to go when room is needed.
+        slot.set_waiting(true);
         let io = TokioIo::new(Prefixed { prefix: Bytes::from(buf), inner: stream });
         // Handlers read the peer with axum's `ConnectInfo<SocketAddr>` (per-IP limits).
         let http = tower::ServiceExt::map_request(http, move |mut req: http::Request<_>| {
@@ -136,10 +180,7 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             .timer(TokioTimer::new())
             .header_read_timeout(limit)
             .serve_connection(io, TowerToHyperService::new(http));
-        tokio::select! {
-            _ = conn => {}
-            () = stop.cancelled() => {}
-        }
+        let _ = conn.await;
     }
 }
 
@@ -171,30 +212,84 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<(Reque
     }
 }
 
+/// Accepts forever; the caller stops it by dropping it (which closes the listener).
 async fn accept_loop<A: Authenticator, H: Handler>(
     gw: Arc<Gateway<A, H>>,
     listener: TcpListener,
     http: axum::Router,
-    stop: CancellationToken,
+    sockets: TaskTracker,
 ) {
-    let tracker = gw.shared.tracker.clone();
+    let shared = gw.shared.clone();
+    let mut failures = LogThrottle::new(ACCEPT_WARN_PERIOD);
     loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
+        // Before accepting: an accepted socket holds a descriptor, one in the kernel's queue does not.
+        let evicted = shared.pending.make_room().await;
+        C::add(&shared.counters.pending_evicted, evicted as u64);
+        match listener.accept().await {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                tracker.spawn(gw.clone().serve_socket(tcp, peer, http.clone(), stop.clone()));
+                let slot = shared.pending.admit(Instant::now());
+                sockets.spawn(gw.clone().serve_socket(tcp, peer, http.clone(), slot));
             }
             Err(e) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                C::inc(&shared.counters.accept_errors);
+                if let Some(suppressed) = failures.allow(Instant::now()) {
+                    warn!(error = %e, suppressed, "accept failed");
                 }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Tells the pending slot its socket waits on the peer whenever a read finds nothing.
+struct MarkWaiting<'a, S> {
+    inner: &'a mut S,
+    slot: &'a PendingSlot,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for MarkWaiting<'_, S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if polled.is_pending() {
+            self.slot.set_waiting(true);
+        }
+        polled
+    }
+}
+
+/// Drops every pending socket when dropped.
+struct ClosePending(Arc<PendingSockets>);
+
+impl Drop for ClosePending {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Lets one log line through per `period` and counts the ones held back, so a failure
+/// that repeats many times a second (EMFILE) cannot flood the log.
+struct LogThrottle {
+    period: Duration,
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    fn new(period: Duration) -> Self {
+        Self { period, next: None, suppressed: 0 }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged at `now`.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.next {
+            Some(next) if now < next => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.next = Some(now + self.period);
+                Some(std::mem::take(&mut self.suppressed))
             }
         }
     }
@@ -231,11 +326,11 @@ async fn prune(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Flips to draining, announces it, and closes every connection at its scheduled moment.
 async fn drain(shared: &Shared) {
     shared.draining.store(true, Ordering::Release);
     let cfg = &shared.cfg.drain;
     let start = Instant::now();
-    let deadline = start + GatewayConfig::dur(cfg.grace_ms);
     let mut schedule: Vec<_> = {
         let mut rng = rand::rng();
         shared.registry.snapshot().into_iter().map(|c| (rng.random_range(0..=cfg.window_ms), c)).collect()
@@ -248,11 +343,6 @@ async fn drain(shared: &Shared) {
     for (delay, conn) in schedule {
         tokio::time::sleep_until(start + Duration::from_millis(delay)).await;
         conn.close(CloseCode::GoingAway, CloseCode::GoingAway.default_reason());
-    }
-    // Upgrades that were past the draining check when it started.
-    shared.registry.for_each(|c| c.close(CloseCode::GoingAway, CloseCode::GoingAway.default_reason()));
-    if tokio::time::timeout_at(deadline, shared.registry.wait_empty()).await.is_err() {
-        warn!(remaining = shared.registry.connections(), "drain grace period elapsed");
     }
 }
 
@@ -285,5 +375,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut t = LogThrottle::new(Duration::from_secs(5));
+        assert_eq!(t.allow(t0), Some(0));
+        for i in 1..=99 {
+            assert_eq!(t.allow(t0 + Duration::from_millis(i * 10)), None);
+        }
+        assert_eq!(t.allow(t0 + Duration::from_millis(4_999)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(5)), Some(100));
+        assert_eq!(t.allow(t0 + Duration::from_secs(6)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(20)), Some(1));
     }
 }

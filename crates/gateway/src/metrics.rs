@@ -17,8 +17,14 @@ pub struct GatewayCounters {
     pub rejected_origin: AtomicU64,
     /// Upgrades refused with 400/405/426 (bad handshake).
     pub rejected_bad_handshake: AtomicU64,
-    /// Upgrades refused with 503 while draining or under memory pressure.
+    /// Upgrades refused with 503 while draining, under memory pressure, or when authentication failed to answer.
     pub rejected_unavailable: AtomicU64,
+    /// Upgrades refused with 503 because the authenticator did not answer within `auth_timeout_ms`.
+    pub auth_timeouts: AtomicU64,
+    /// Pending sockets waiting on their peer dropped to make room (the oldest at the cap, or past the busy deadline).
+    pub pending_evicted: AtomicU64,
+    /// Failed `accept` calls (usually EMFILE: out of file descriptors).
+    pub accept_errors: AtomicU64,
     /// Connections closed by the per-user cap (either policy).
     pub per_user_closes: AtomicU64,
     /// Connections closed as slow consumers (1008).
@@ -65,6 +71,9 @@ impl GatewayCounters {
             ("rejected_origin", "upgrades refused for a disallowed origin", r(&self.rejected_origin)),
             ("rejected_bad_handshake", "malformed upgrade requests", r(&self.rejected_bad_handshake)),
             ("rejected_unavailable", "upgrades refused while draining or out of memory", r(&self.rejected_unavailable)),
+            ("auth_timeouts", "upgrades refused because authentication did not answer in time", r(&self.auth_timeouts)),
+            ("pending_evicted", "pending sockets dropped to make room for new ones", r(&self.pending_evicted)),
+            ("accept_errors", "failed accept calls (usually out of file descriptors)", r(&self.accept_errors)),
             ("per_user_closes", "connections closed by the per-user cap", r(&self.per_user_closes)),
             ("slow_consumers", "connections closed as slow consumers", r(&self.slow_consumers)),
             ("heartbeat_timeouts", "connections closed for missing heartbeats", r(&self.heartbeat_timeouts)),

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::Notify;
 
 use crate::config::PerUserPolicy;
 use crate::conn::Connection;
@@ -26,7 +25,6 @@ pub(crate) struct Registry {
     by_user: DashMap<Arc<str>, Vec<Connection>>,
     /// Slots held: registered connections plus upgrades in progress.
     reserved: AtomicUsize,
-    emptied: Notify,
 }
 
 impl Registry {
@@ -36,9 +34,7 @@ impl Registry {
     }
 
     pub(crate) fn release(&self) {
-        if self.reserved.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.emptied.notify_waiters();
-        }
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Registers a connection whose slot is already reserved.
@@ -113,16 +109,5 @@ impl Registry {
     /// The open connections of one user.
     pub(crate) fn of_user(&self, user_id: &str) -> Vec<Connection> {
         self.by_user.get(user_id).map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// Resolves when no slot is held.
-    pub(crate) async fn wait_empty(&self) {
-        loop {
-            let notified = self.emptied.notified();
-            if self.reserved() == 0 {
-                return;
-            }
-            notified.await;
-        }
     }
 }

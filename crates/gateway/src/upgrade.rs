@@ -122,10 +122,17 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
         }
         let mut slot = SlotGuard { registry: &shared.registry, armed: true };
         let token = head.query_param("token").or_else(|| bearer(&head.headers));
-        let identity = self
-            .auth
-            .authenticate(token.as_deref().filter(|t| !t.is_empty()))
-            .await
+        // Bounded: a stuck session store must not hold this socket, its slot and a pending place for long.
+        let authenticated = tokio::time::timeout(
+            GatewayConfig::dur(cfg.auth_timeout_ms),
+            self.auth.authenticate(token.as_deref().filter(|t| !t.is_empty())),
+        )
+        .await
+        .map_err(|_| {
+            C::inc(&counters.auth_timeouts);
+            unavailable("authentication did not answer in time; retry shortly")
+        })?;
+        let identity = authenticated
             .map_err(|e| match e {
                 AuthError::Missing | AuthError::Invalid => {
                     C::inc(&counters.rejected_unauthorized);

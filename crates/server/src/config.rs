@@ -123,6 +123,30 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Default log filter when `RUST_LOG` is unset.
     pub log_level: String,
+    /// File descriptors kept free beyond the connection caps and the database pool (logs,
+    /// the runtime, sockets evicted but not yet closed). At start the caps plus this must fit
+    /// under the open-file limit, or the server refuses to start.
+    pub descriptor_headroom: u64,
+    /// How long each step after the gateway's drain may take.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Bounds on the shutdown steps that follow the drain (`gateway.drain`), in their order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Domain tasks (revocation watcher, memory guard; presence and matchmaking) to stop.
+    pub tasks_ms: u64,
+    /// Store tasks to stop and the final write-behind flush to finish.
+    pub flush_ms: u64,
+    /// The database pool to close.
+    pub pool_close_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { tasks_ms: 2_000, flush_ms: 5_000, pool_close_ms: 2_000 }
+    }
 }
 
 /// Whether development shortcuts (`dev-<user>` tokens, open guest sign-in) may be on.
@@ -165,6 +189,8 @@ impl Default for ServerConfig {
             instance_id: String::new(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            descriptor_headroom: 128,
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -258,6 +284,16 @@ impl Config {
         self.store.validate()?;
         self.bus.validate()?;
         let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
+        let s = &self.server.shutdown;
+        for (key, v) in [
+            ("server.shutdown.tasks_ms", s.tasks_ms),
+            ("server.shutdown.flush_ms", s.flush_ms),
+            ("server.shutdown.pool_close_ms", s.pool_close_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
         if !self.api.key.is_empty() && self.api.key.len() < 16 {
             return invalid("api.key", "must be empty (API off) or at least 16 characters");
         }
@@ -400,6 +436,8 @@ mod tests {
             (("RENDEZVOUS__STORE__QUERY_CACHE_TTL_MS", "0"), "store.query_cache_ttl_ms"),
             (("RENDEZVOUS__BUS__CAPACITY", "0"), "bus.capacity"),
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
+            (("RENDEZVOUS__SERVER__SHUTDOWN__FLUSH_MS", "0"), "server.shutdown.flush_ms"),
+            (("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "0"), "gateway.pending.max_sockets"),
         ];
         for ((k, v), key) in cases {
             let err = Config::load_from(env(&[(k, v)])).unwrap_err().to_string();

@@ -192,6 +192,16 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     p.gauge("connected_users", "distinct connected users", h.connections.users as f64);
     p.gauge("connection_limit", "global connection cap", h.connections.limit as f64);
     p.gauge("connection_utilization", "connections / cap", h.connections.utilization);
+    p.gauge(
+        "pending_sockets",
+        "sockets accepted but not WebSocket connections (handshakes, plain HTTP)",
+        h.connections.pending as f64,
+    );
+    p.gauge(
+        "pending_socket_limit",
+        "cap on pending sockets; at it the oldest waiting one is dropped",
+        h.connections.pending_limit as f64,
+    );
     p.gauge("memory_rss_bytes", "resident set size", mem.rss_bytes as f64);
     p.gauge("memory_allocated_bytes", "bytes allocated by the application", mem.allocated_bytes as f64);
     p.gauge(

@@ -4,6 +4,8 @@
 //! - [`Config`]: the configuration tree and its loading rules.
 //! - [`Server`]: opens the store, builds the gateway with the right handler and
 //!   serves a listener until drained.
+//! - [`Shutdown`]: the one root token and its children, stopped in order (`shutdown`).
+//! - `descriptors`: the open-file budget checked at start.
 //! - `handlers`: the protocol handler and the echo handler.
 //! - `auth`: the store authenticator (plus development tokens) and anonymous echo.
 //! - `api`: the app backend's HTTP API; `http`: `/health`, `/ready`, `/metrics`.
@@ -12,10 +14,12 @@
 mod api;
 mod auth;
 mod config;
+mod descriptors;
 mod guard;
 mod handlers;
 mod http;
 mod memory;
+mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,14 +32,20 @@ use rendezvous_store::{Revocation, Store};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
-pub use config::{ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig, ServerMode};
+pub use config::{
+    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig, ServerConfig, ServerMode,
+    ShutdownConfig,
+};
+pub use descriptors::{check_descriptor_budget, descriptors_needed, ensure_descriptor_budget};
 pub use guard::{Level, MemoryGuard};
 pub use handlers::{EchoHandler, ProtocolHandler};
 pub use http::{Health, HttpParts, HttpState};
+pub use shutdown::Shutdown;
+
+use shutdown::Phases;
 
 /// What the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,41 +90,45 @@ impl Server {
         Self { config, mode, instance }
     }
 
-    /// Serves `listener` until `shutdown` is cancelled, then drains, stops the
-    /// background work and flushes the write-behind buffer. `on_ready` receives
-    /// handles once serving starts.
+    /// Serves `listener` until `shutdown` begins, then stops in order, each step bounded:
+    /// 1. the gateway stops admitting and drains its connections (`gateway.drain`);
+    /// 2. domain tasks stop (`server.shutdown.tasks_ms`);
+    /// 3. store tasks stop, the write-behind buffer flushed last (`server.shutdown.flush_ms`);
+    /// 4. the database pool closes (`server.shutdown.pool_close_ms`).
+    ///
+    /// `on_ready` receives handles once serving starts.
     pub async fn run(
         self,
         listener: TcpListener,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
         on_ready: impl FnOnce(Running) + Send,
     ) -> anyhow::Result<()> {
-        let background = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let result = match self.mode {
-            Mode::Serve => self.serve(listener, shutdown, on_ready, &tracker, &background).await,
-            Mode::Echo => {
-                let http = HttpParts { instance: self.instance.clone(), store: None, guard: None, bus: None };
-                let gateway =
-                    Gateway::new(self.config.gateway.clone(), AnonymousAuthenticator::default(), EchoHandler)?;
-                on_ready(Running { gateway: gateway.handle(), store: None });
-                serve_gateway(gateway, listener, http, axum::Router::new(), shutdown).await
-            }
+            Mode::Serve => self.serve(listener, &shutdown, on_ready).await,
+            Mode::Echo => self.echo(listener, &shutdown, on_ready).await,
         };
-        background.cancel();
-        tracker.close();
-        tracker.wait().await;
+        shutdown.finish();
         tracing::info!("stopped");
         result
+    }
+
+    async fn echo(
+        self,
+        listener: TcpListener,
+        shutdown: &Shutdown,
+        on_ready: impl FnOnce(Running) + Send,
+    ) -> anyhow::Result<()> {
+        let http = HttpParts { instance: self.instance.clone(), store: None, guard: None, bus: None };
+        let gateway = Gateway::new(self.config.gateway.clone(), AnonymousAuthenticator::default(), EchoHandler)?;
+        on_ready(Running { gateway: gateway.handle(), store: None });
+        serve_gateway(gateway, listener, http, axum::Router::new(), shutdown).await
     }
 
     async fn serve(
         self,
         listener: TcpListener,
-        shutdown: CancellationToken,
+        shutdown: &Shutdown,
         on_ready: impl FnOnce(Running) + Send,
-        tracker: &TaskTracker,
-        background: &CancellationToken,
     ) -> anyhow::Result<()> {
         let cfg = &self.config;
         let bus = Bus::in_process(self.instance.clone(), &cfg.bus);
@@ -124,17 +138,18 @@ impl Server {
                 redact(&cfg.database.effective_url())
             )
         })?;
-        store
-            .spawn_background(tracker, background.clone())
-            .await
-            .context("cannot start the store's background work")?;
+        let phases = Phases::new(shutdown);
+        if let Err(e) = store.spawn_background(phases.store.tasks(), phases.store.token()).await {
+            phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+            return Err(anyhow::Error::new(e).context("cannot start the store's background work"));
+        }
         let guard = Arc::new(MemoryGuard::new(&cfg.memory));
         let interval = Duration::from_millis(cfg.memory.check_interval_ms);
-        tracker.spawn(guard.clone().watch(
+        phases.domain.tasks().spawn(guard.clone().watch(
             Some(store.clone()),
             interval,
             cfg.memory.critical_cache_factor,
-            background.clone(),
+            phases.domain.token(),
         ));
         let admission: AdmissionCheck = {
             let guard = guard.clone();
@@ -143,16 +158,17 @@ impl Server {
         warn_about_shortcuts(cfg);
         let auth = StoreAuthenticator::new(store.clone(), cfg.dev_tokens());
         let builder = Gateway::builder(cfg.gateway.clone(), Some(admission))?;
-        tracker.spawn(record_activity(
+        phases.domain.tasks().spawn(record_activity(
             builder.handle(),
             store.clone(),
             Duration::from_millis(cfg.store.activity_flush_ms),
-            background.clone(),
+            phases.domain.token(),
         ));
         let handler =
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()));
         let gateway = builder.build(auth, handler);
-        tracker.spawn(close_revoked(store.revocations(), gateway.handle(), background.clone()));
+        let revoked = close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
+        phases.domain.tasks().spawn(revoked);
         let http = HttpParts {
             instance: self.instance.clone(),
             store: Some(store.clone()),
@@ -160,21 +176,27 @@ impl Server {
             bus: Some(bus),
         };
         let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
-        on_ready(Running { gateway: gateway.handle(), store: Some(store) });
-        serve_gateway(gateway, listener, http, api, shutdown).await
+        on_ready(Running { gateway: gateway.handle(), store: Some(store.clone()) });
+        let served = serve_gateway(gateway, listener, http, api, shutdown).await;
+        phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+        served
     }
 }
 
+/// Serves until `shutdown` begins and the drain is over (or the shutdown is forced).
 async fn serve_gateway<A: Authenticator, H: Handler>(
     gateway: Gateway<A, H>,
     listener: TcpListener,
     parts: HttpParts,
     extra: axum::Router,
-    shutdown: CancellationToken,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let router = http::router(HttpState::new(gateway.handle(), parts), extra);
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    gateway.run(listener, router, shutdown).await?;
+    match shutdown.unless_forced(gateway.run(listener, router, shutdown.drain_token())).await {
+        Some(served) => served?,
+        None => warn!("drain cut short by a forced shutdown"),
+    }
     tracing::info!("drained");
     Ok(())
 }

@@ -1,10 +1,9 @@
-//! `rendezvous`: load config, bind, serve, drain on SIGTERM/SIGINT.
+//! `rendezvous`: load config, check the descriptor budget, bind, serve, drain on SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rendezvous::{Config, LogFormat, Mode, Server};
-use tokio_util::sync::CancellationToken;
+use rendezvous::{Config, LogFormat, Mode, Server, Shutdown};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -13,7 +12,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const USAGE: &str = "usage: rendezvous [--echo] [--check-config] [--version] [--help]
 
   --echo          run the gateway as a plain echo server on / and /ws (no auth), for Autobahn
-  --check-config  load and validate the configuration, print it as JSON, and exit
+  --check-config  load and validate the configuration (and check it against the
+                  open-file limit), print it as JSON, and exit
 
 Configuration: config/default.toml (built in), the file named by RENDEZVOUS_CONFIG,
 then RENDEZVOUS__SECTION__KEY variables, PORT, DATABASE_URL and REDIS_URL.";
@@ -46,11 +46,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let open_file_limit = match rendezvous::ensure_descriptor_budget(&config) {
+        Ok(limit) => limit,
+        Err(e) => {
+            eprintln!("rendezvous: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if check_only {
         println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
+    tracing::info!(open_file_limit, needed = rendezvous::descriptors_needed(&config), "descriptor budget");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,8 +80,8 @@ async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let listener = bind(&config)
         .with_context(|| format!("cannot bind {}:{} (server.host / PORT)", config.server.host, config.server.port))?;
     let server = Server::new(config, mode);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let shutdown = Shutdown::new();
+    tokio::spawn(shutdown_on_signals(shutdown.clone()));
     server.run(listener, shutdown, |_| {}).await
 }
 
@@ -89,27 +97,40 @@ fn bind(config: &Config) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(BACKLOG)
 }
 
-async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The first SIGTERM/SIGINT starts the graceful shutdown; a second one stops waiting.
+async fn shutdown_on_signals(shutdown: Shutdown) {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT drains");
-                let _ = ctrl_c.await;
-                return token.cancel();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT drains");
+            None
+        }
+    };
+    for first in [true, false] {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match term.as_mut() {
+                    Some(t) => t.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        if first {
+            tracing::info!("shutdown signal received; draining (a second signal stops without waiting)");
+            shutdown.begin();
+        } else {
+            tracing::warn!("second shutdown signal; stopping without waiting");
+            shutdown.force();
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received; draining");
-    token.cancel();
 }
 
 fn init_tracing(config: &Config) {

@@ -500,6 +500,11 @@ impl Store {
         }
     }
 
+    /// Closes the database pool, after the final flush; later queries fail as unavailable.
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
     /// Deletes expired sessions and cooldowns now.
     pub async fn cleanup(&self) -> Result<(u64, u64), StoreError> {
         self.db.cleanup(now_ms()).await

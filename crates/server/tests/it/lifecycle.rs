@@ -187,7 +187,7 @@ async fn drain_announces_spreads_closes_and_exits() {
     }
     assert_eq!(http_get(srv.addr, "/ready", &[]).await.status, 200);
     let drain_started = Instant::now();
-    srv.shutdown.cancel();
+    srv.shutdown.begin();
     // Readiness flips at once, and new upgrades are refused.
     let ready = http_get(srv.addr, "/ready", &[]).await;
     assert_eq!(ready.status, 503);

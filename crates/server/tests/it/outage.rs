@@ -135,7 +135,7 @@ async fn postgres_outage_and_recovery() {
     .await;
     // A clean shutdown flushes what was buffered during the outage.
     drop((live, again));
-    srv.shutdown.cancel();
+    srv.shutdown.begin();
     srv.task.await.unwrap().unwrap();
     let check = rendezvous_store::Store::open(
         &direct,

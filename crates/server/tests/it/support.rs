@@ -1,10 +1,14 @@
 //! Shared test helpers: start a real server on port 0 and talk to it with real clients.
 
+mod binary;
+
+pub use binary::{BinaryServer, binary_env};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rendezvous::{Config, Mode, Server};
+use rendezvous::{Config, Mode, Server, Shutdown};
 use rendezvous_gateway::ws::deflate::DeflatePool;
 use rendezvous_gateway::ws::frame::{OpCode, encode_close, encode_frame};
 use rendezvous_gateway::ws::reader::{CloseFrame, Event, Message, MessageReader, Role};
@@ -12,7 +16,6 @@ use rendezvous_gateway::{Authenticator, Gateway, GatewayConfig, GatewayHandle, H
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 mod http;
 pub use http::{HttpResponse, api, http_get, raw_request, read_response};
@@ -28,7 +31,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub handle: GatewayHandle,
     pub store: Option<std::sync::Arc<rendezvous_store::Store>>,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -71,11 +74,11 @@ pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = boo
 pub async fn start(config: Config, mode: Mode) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = Server::new(config, mode);
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { server.run(listener, token, move |h| drop(tx.send(h))).await });
+    let tree = shutdown.clone();
+    let task = tokio::spawn(async move { server.run(listener, tree, move |h| drop(tx.send(h))).await });
     let running = match rx.await {
         Ok(r) => r,
         Err(_) => panic!("server failed to start: {:?}", task.await),
@@ -89,8 +92,8 @@ pub async fn start_gateway<A: Authenticator, H: Handler>(cfg: GatewayConfig, aut
     let addr = listener.local_addr().unwrap();
     let gateway = Gateway::new(cfg, auth, handler).unwrap();
     let handle = gateway.handle();
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
+    let shutdown = Shutdown::new();
+    let token = shutdown.drain_token();
     let task = tokio::spawn(async move {
         gateway.run(listener, axum::Router::new(), token).await?;
         Ok(())

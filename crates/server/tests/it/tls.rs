@@ -68,6 +68,6 @@ async fn unreadable_certificate_is_a_startup_error_naming_the_key() {
     cfg.gateway.tls = Some(TlsConfig { cert_path: fixture("missing.crt"), key_path: fixture("localhost.key") });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = rendezvous::Server::new(cfg, Mode::Serve);
-    let err = server.run(listener, tokio_util::sync::CancellationToken::new(), |_| {}).await.unwrap_err();
+    let err = server.run(listener, rendezvous::Shutdown::new(), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("gateway.tls.cert_path"), "{err}");
 }
