@@ -19,7 +19,7 @@ progress_draw() {
   local now text
   printf -v now '%(%s)T' -1
   now=$((now - PROGRESS_T0))
-  printf -v text '[%dm%02ds] %s' $((now / 60)) $((now % 60)) "$1"
+  printf -v text '[%d:%02d] %s' $((now / 60)) $((now % 60)) "$1"
   printf '\r\033[K%s' "${text:0:$((PROGRESS_COLS - 1))}"
 }
 
@@ -107,14 +107,16 @@ progress_filter() {
 
 # Runs CMD in a session of its own, so that step_kill (from a signal trap) can end its
 # whole tree; a plain foreground pipeline would hold off the trap until CMD finished.
+# CMD's status goes through a file: it ends before the filter has drained its output.
 run_step() {
-  local kind=$1 label=$2 log=$3 rc=0
+  local kind=$1 label=$2 log=$3 rc
   shift 3
   STEP_PIDFILE=$(mktemp)
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STEP_PIDFILE" "$@" </dev/null 2>&1 |
+  setsid bash -c 'echo $$ >"$0"; "$@"; echo $? >"$0.status"' "$STEP_PIDFILE" "$@" </dev/null 2>&1 |
     progress_filter "$kind" "$label" "$log" &
-  wait $! || rc=$? # with pipefail: CMD's status unless the filter itself failed
-  rm -f "$STEP_PIDFILE"
+  wait $! || true
+  rc=$(cat "$STEP_PIDFILE.status" 2>/dev/null) || rc=1 # no status: the step was killed
+  rm -f "$STEP_PIDFILE" "$STEP_PIDFILE.status"
   STEP_PIDFILE=""
   return "$rc"
 }
