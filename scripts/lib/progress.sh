@@ -14,6 +14,12 @@ progress_wanted() {
   case "${CI:-}" in "" | false | 0) return 0 ;; *) return 1 ;; esac
 }
 
+# The terminal's width; a zero-sized pseudo-terminal (e.g. under script(1)) counts as 80.
+progress_measure() {
+  PROGRESS_COLS=$(tput cols 2>/dev/null) || true
+  [ "${PROGRESS_COLS:-0}" -ge 20 ] 2>/dev/null || PROGRESS_COLS=80
+}
+
 # Rewrites the status line, cut to the terminal width (a wrapped line cannot be redrawn).
 progress_draw() {
   local now text
@@ -76,8 +82,8 @@ progress_filter() {
     tee -a "$log"
     return
   fi
-  PROGRESS_COLS=$(tput cols 2>/dev/null || echo 80)
-  local line="" part="" rc logfd last=""
+  progress_measure
+  local line="" part="" rc logfd done phase=""
   exec {logfd}>>"$log"
   cargo_progress_reset
   while :; do
@@ -92,13 +98,16 @@ progress_filter() {
       progress_clear
       printf '%s\n' "$line"
       [ "$kind" != cargo ] || cargo_progress_line "$line"
-      [ -z "${line// /}" ] || last=$line
+      [[ $line != "==> "* ]] || phase=${line#==> } # a script's "what now" line
       [ "$rc" = 0 ] || break
     fi
     case "$kind" in
       cargo) cargo_progress_text && progress_draw "$label · $CP_TEXT" ;;
-      autobahn) progress_draw "$label · $(autobahn_progress "$AUTOBAHN_PROGRESS_FILE") ${last:0:60}" ;;
-      *) progress_draw "$label · ${last:0:60}" ;;
+      autobahn)
+        done=$(autobahn_progress "$AUTOBAHN_PROGRESS_FILE")
+        progress_draw "$label · ${done:-$phase}"
+        ;;
+      *) progress_draw "$label${phase:+ · $phase}" ;;
     esac
   done
   progress_clear
