@@ -60,7 +60,7 @@ cargo_progress_line() {
   elif [[ $1 =~ ^\ +Executable\  ]]; then
     CP_SUITES=$((CP_SUITES + 1))
   elif [[ $1 =~ $re_build ]]; then
-    CP_DOING="building ${BASH_REMATCH[2]}"
+    CP_DOING="building ${BASH_REMATCH[2]%% (*}" # "foo v0.1.0", not its path
   fi
 }
 
@@ -69,7 +69,8 @@ cargo_progress_text() {
   if [ "$CP_SUITE" = 0 ]; then CP_TEXT=$CP_DOING; return; fi
   local of=""
   [ "$CP_SUITES" -lt "$CP_SUITE" ] || of="/$CP_SUITES"
-  CP_TEXT="suite $CP_SUITE$of $CP_NAME: $CP_DONE/$CP_TESTS · $CP_PASSED passed, $CP_FAILED failed so far"
+  # Counts first: a narrow terminal cuts the end.
+  CP_TEXT="$CP_PASSED passed, $CP_FAILED failed · suite $CP_SUITE$of $CP_NAME, test $CP_DONE/$CP_TESTS"
 }
 
 # --- the filter --------------------------------------------------------------------------
@@ -83,7 +84,7 @@ progress_filter() {
     return
   fi
   progress_measure
-  local line="" part="" rc logfd done phase=""
+  local line="" part="" rc logfd info phase=""
   exec {logfd}>>"$log"
   cargo_progress_reset
   while :; do
@@ -104,8 +105,9 @@ progress_filter() {
     case "$kind" in
       cargo) cargo_progress_text && progress_draw "$label · $CP_TEXT" ;;
       autobahn)
-        done=$(autobahn_progress "$AUTOBAHN_PROGRESS_FILE")
-        progress_draw "$label · ${done:-$phase}"
+        info=$(autobahn_progress "$AUTOBAHN_PROGRESS_FILE")
+        info=${info:-$phase}
+        progress_draw "$label${info:+ · $info}"
         ;;
       *) progress_draw "$label${phase:+ · $phase}" ;;
     esac
