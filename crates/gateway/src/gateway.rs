@@ -65,19 +65,28 @@ pub struct Gateway<A, H> {
     pub(crate) handler: Arc<H>,
 }
 
-impl<A: Authenticator, H: Handler> Gateway<A, H> {
-    /// Validates `cfg` (loading TLS material if configured) and builds the gateway.
-    pub fn new(cfg: GatewayConfig, auth: A, handler: H) -> Result<Self, GatewayError> {
-        Self::with_admission(cfg, auth, handler, None)
+/// A gateway whose state exists but which has no handler yet: domain tasks built
+/// before the handler take its [`GatewayHandle`].
+pub struct GatewayBuilder {
+    shared: Arc<Shared>,
+}
+
+impl GatewayBuilder {
+    /// A handle on the gateway-to-be (valid once it runs, and after).
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle(self.shared.clone())
     }
 
-    /// Like [`Gateway::new`], with a check that may refuse new connections with 503.
-    pub fn with_admission(
-        cfg: GatewayConfig,
-        auth: A,
-        handler: H,
-        admission: Option<AdmissionCheck>,
-    ) -> Result<Self, GatewayError> {
+    /// The gateway, serving `handler` for connections authenticated by `auth`.
+    pub fn build<A: Authenticator, H: Handler>(self, auth: A, handler: H) -> Gateway<A, H> {
+        Gateway { shared: self.shared, auth: Arc::new(auth), handler: Arc::new(handler) }
+    }
+}
+
+impl Gateway<(), ()> {
+    /// Validates `cfg` (loading TLS material if configured); `admission` may refuse new
+    /// connections with 503 (e.g. memory pressure).
+    pub fn builder(cfg: GatewayConfig, admission: Option<AdmissionCheck>) -> Result<GatewayBuilder, GatewayError> {
         cfg.validate()?;
         let tls = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let shared = Arc::new(Shared {
@@ -96,7 +105,14 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             tls,
             cfg,
         });
-        Ok(Self { shared, auth: Arc::new(auth), handler: Arc::new(handler) })
+        Ok(GatewayBuilder { shared })
+    }
+}
+
+impl<A: Authenticator, H: Handler> Gateway<A, H> {
+    /// Validates `cfg` (loading TLS material if configured) and builds the gateway.
+    pub fn new(cfg: GatewayConfig, auth: A, handler: H) -> Result<Self, GatewayError> {
+        Ok(Gateway::builder(cfg, None)?.build(auth, handler))
     }
 
     /// A handle for stats, lookups and broadcasts.
@@ -168,6 +184,16 @@ impl GatewayHandle {
     /// The live connections of one user.
     pub fn connections_of(&self, user_id: &str) -> Vec<Connection> {
         self.0.registry.of_user(user_id)
+    }
+
+    /// Calls `f` on every open connection (sweeps such as activity recording; not per message).
+    pub fn for_each_connection(&self, f: impl FnMut(&Connection)) {
+        self.0.registry.for_each(f);
+    }
+
+    /// How long ago `conn` last sent anything (a frame of any kind).
+    pub fn idle_for(&self, conn: &Connection) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.now_ms().saturating_sub(conn.last_seen_ms()))
     }
 
     /// Queues `msg` on every open connection; returns how many accepted it.

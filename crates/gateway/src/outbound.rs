@@ -52,6 +52,19 @@ impl SharedMessage {
         self.0.payload.is_empty()
     }
 
+    /// The payload of a text message (tests and test doubles read it back).
+    pub fn as_text(&self) -> Option<&str> {
+        match self.0.opcode {
+            OpCode::Text => std::str::from_utf8(&self.0.payload).ok(),
+            _ => None,
+        }
+    }
+
+    /// True when both are the same encoded message (shared, not merely equal).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
     /// The frame bytes for a recipient with the given deflate parameters.
     pub(crate) fn frame(&self, encoder: &FrameEncoder, deflate: Option<DeflateParams>) -> Bytes {
         let e = &*self.0;

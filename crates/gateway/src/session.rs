@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::config::GatewayConfig;
 use crate::conn::{CloseRequest, Connection};
 use crate::gateway::Shared;
-use crate::handler::Handler;
+use crate::handler::{self, Handler};
 use crate::limits::{MessageLimiter, Verdict};
 use crate::metrics::GatewayCounters as C;
 use crate::outbound::Outbound;
@@ -91,9 +92,11 @@ async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], limit: D
 }
 
 /// Drives one connection until it closes. `leftover` holds bytes read with the handshake.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<S, H>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     handler: &H,
+    state: &mut H::State,
     stream: &mut S,
     conn: &Connection,
     reader: &mut MessageReader,
@@ -118,7 +121,7 @@ where
                 Event::Message(msg) => {
                     C::inc(&shared.counters.messages_in);
                     match limiter.check() {
-                        Verdict::Allow => Box::pin(handler.on_message(conn, msg)).await,
+                        Verdict::Allow => handler.on_message(&handler::Context { shared }, conn, state, msg),
                         Verdict::Refuse => {
                             C::inc(&shared.counters.messages_rate_limited);
                             let frame =

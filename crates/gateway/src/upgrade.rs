@@ -10,7 +10,7 @@ use tracing::{Instrument, debug, debug_span};
 use crate::config::GatewayConfig;
 use crate::conn::Connection;
 use crate::gateway::Gateway;
-use crate::handler::{AuthError, Authenticator, Handler};
+use crate::handler::{AuthError, Authenticator, Context, Handler};
 use crate::metrics::GatewayCounters as C;
 use crate::registry::Admission;
 use crate::reply::HttpRefusal;
@@ -131,7 +131,10 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
                     C::inc(&counters.rejected_unauthorized);
                     HttpRefusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
                 }
-                AuthError::Unavailable(_) => unavailable("authentication is temporarily unavailable"),
+                AuthError::Unavailable(cause) => {
+                    tracing::warn!(error = %cause, "authentication unavailable");
+                    unavailable("authentication is temporarily unavailable")
+                }
             })
             .map_err(Rejection::Http)?;
         let negotiated = if cfg.compression.enabled {
@@ -206,11 +209,11 @@ impl<A: Authenticator, H: Handler> Gateway<A, H> {
             let cfg = &shared.cfg;
             let mut reader = MessageReader::new(Role::Server, cfg.max_message_bytes, conn.0.deflate.is_some());
             debug!(compressed = conn.compressed(), "connection open");
-            Box::pin(handler.on_open(&conn)).await;
-            let end = session::run(&shared, &*handler, &mut stream, &conn, &mut reader, &leftover).await;
+            let mut state = handler.on_open(&Context { shared: &shared }, &conn);
+            let end = session::run(&shared, &*handler, &mut state, &mut stream, &conn, &mut reader, &leftover).await;
             drop(leftover);
             shared.registry.unregister(&conn);
-            Box::pin(handler.on_close(&conn)).await;
+            handler.on_close(&Context { shared: &shared }, &conn, state);
             debug!(%end, "connection closed");
         }
         .instrument(span);

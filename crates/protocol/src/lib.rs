@@ -17,7 +17,10 @@ mod message;
 pub use close::CloseCode;
 pub use decode::{DecodeError, decode_client};
 pub use error::{ErrorCode, ErrorFrame};
-pub use message::{ClientMessage, Request, RequestId, ServerMessage};
+pub use message::{
+    ClientMessage, Ping, PresenceSet, PresenceSubscribe, PresenceUnsubscribe, Request, RequestId, ServerMessage,
+    SettableState,
+};
 
 /// The protocol version this build speaks; a message carrying another `v` is refused.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -19,18 +19,104 @@ impl RequestId {
     pub const MAX_LEN: usize = 64;
 }
 
-/// Messages a client may send. The JSON `type` tag selects the variant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum ClientMessage {
-    /// Application-level liveness check; answered with `pong`.
-    #[serde(rename = "ping")]
-    Ping {},
+/// Declares every client message in one place: its wire `type`, its payload struct
+/// (unknown fields refused) and its [`ClientMessage`] variant. Adding a message is one
+/// entry here; decoding, [`ClientMessage::TYPES`] and the round-trip test follow.
+macro_rules! client_messages {
+    ($(
+        $(#[$doc:meta])*
+        $tag:literal => $name:ident { $( $(#[$fmeta:meta])* $field:ident : $fty:ty ),* $(,)? }
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $name { $( $(#[$fmeta])* pub $field: $fty, )* }
+
+            impl From<$name> for ClientMessage {
+                fn from(m: $name) -> Self {
+                    ClientMessage::$name(m)
+                }
+            }
+        )*
+
+        /// Messages a client may send; the JSON `type` tag selects the variant.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum ClientMessage {
+            $( $(#[$doc])* $name($name), )*
+        }
+
+        impl ClientMessage {
+            /// Every `type` a client may send.
+            pub const TYPES: &'static [&'static str] = &[$($tag),*];
+
+            /// The wire `type` of this message.
+            pub fn type_name(&self) -> &'static str {
+                match self { $( ClientMessage::$name(_) => $tag, )* }
+            }
+
+            /// Deserializes the payload of a message of type `ty` (envelope fields removed);
+            /// `None` for an unknown type.
+            pub(crate) fn from_payload(
+                ty: &str,
+                payload: serde_json::Value,
+            ) -> Option<Result<Self, serde_path_to_error::Error<serde_json::Error>>> {
+                match ty {
+                    $( $tag => Some(serde_path_to_error::deserialize::<_, $name>(payload).map(ClientMessage::$name)), )*
+                    _ => None,
+                }
+            }
+
+            /// The message as JSON with its `type` (clients and tests encode with this).
+            pub fn to_json(&self) -> String {
+                let (tag, mut value) = match self {
+                    $( ClientMessage::$name(m) => ($tag, serde_json::to_value(m)), )*
+                };
+                if let Ok(serde_json::Value::Object(map)) = &mut value {
+                    map.insert("type".into(), serde_json::Value::from(tag));
+                }
+                value.map(|v| v.to_string()).unwrap_or_default()
+            }
+        }
+    };
 }
 
-impl ClientMessage {
-    /// Every `type` a client may send, for precise `unknown_type` errors.
-    pub const TYPES: &'static [&'static str] = &["ping"];
+client_messages! {
+    /// Application-level liveness check; answered with `pong`.
+    "ping" => Ping {}
+
+    /// Start watching a presence topic (and appear in it): a `presence.snapshot`, then
+    /// `presence.diff`s.
+    "presence.subscribe" => PresenceSubscribe {
+        /// 1–64 of `[a-z0-9_.:-]`.
+        topic: String,
+    }
+
+    /// Stop watching a topic (and leave it).
+    "presence.unsubscribe" => PresenceUnsubscribe {
+        /// A topic this connection subscribed to.
+        topic: String,
+    }
+
+    /// Set what others see: availability and a short status text.
+    "presence.set" => PresenceSet {
+        /// `available` or `away`; absent keeps the current one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<SettableState>,
+        /// Up to 140 characters without control characters; absent keeps it, `""` clears it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+    }
+}
+
+/// The presence states a client may choose; the server sets the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettableState {
+    /// Open to invites and matches.
+    Available,
+    /// Connected but not to be disturbed.
+    Away,
 }
 
 /// A decoded client message with its envelope fields.

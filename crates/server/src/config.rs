@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use rendezvous_bus::BusConfig;
 use rendezvous_gateway::GatewayConfig;
 use rendezvous_store::{DatabaseConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Redis connection (used by the bus).
     pub redis: RedisConfig,
+    /// Pub/sub between instances.
+    pub bus: BusConfig,
 }
 
 /// Which tokens the gateway accepts besides store sessions.
@@ -181,6 +184,9 @@ pub enum ConfigError {
     /// A database or store value is out of range.
     #[error(transparent)]
     Store(#[from] rendezvous_store::ConfigError),
+    /// A bus value is out of range.
+    #[error(transparent)]
+    Bus(#[from] rendezvous_bus::ConfigError),
     /// A value outside the gateway section is out of range.
     #[error("invalid config `{key}`: {problem}")]
     Invalid {
@@ -250,6 +256,7 @@ impl Config {
         }
         self.database.validate()?;
         self.store.validate()?;
+        self.bus.validate()?;
         let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
         if !self.api.key.is_empty() && self.api.key.len() < 16 {
             return invalid("api.key", "must be empty (API off) or at least 16 characters");
@@ -391,6 +398,7 @@ mod tests {
             (("RENDEZVOUS__API__KEY", "short"), "api.key"),
             (("RENDEZVOUS__MEMORY__CRITICAL_PERCENT", "50"), "memory.critical_percent"),
             (("RENDEZVOUS__STORE__QUERY_CACHE_TTL_MS", "0"), "store.query_cache_ttl_ms"),
+            (("RENDEZVOUS__BUS__CAPACITY", "0"), "bus.capacity"),
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
         ];
         for ((k, v), key) in cases {

@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
-use rendezvous_gateway::{Connection, Handler, Message, SharedMessage};
+use rendezvous_gateway::{Connection, Context, Handler, Message, SharedMessage};
 use rendezvous_protocol::{ClientMessage, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerMessage, decode_client};
 use rendezvous_store::Store;
 
-/// Speaks the Rendezvous protocol (`docs/protocol.md`).
+/// Speaks the Rendezvous protocol (`docs/protocol.md`): decodes each message once and
+/// hands it to the domain that owns it. Nothing here waits: domain tasks reply through
+/// the connection's outbox.
 #[derive(Clone)]
 pub struct ProtocolHandler {
     instance: String,
@@ -21,7 +23,8 @@ impl std::fmt::Debug for ProtocolHandler {
 }
 
 impl ProtocolHandler {
-    /// A handler that introduces itself as `instance` and records activity in `store`.
+    /// A handler that introduces itself as `instance` and records activity in `store`
+    /// on open and close (in between, the activity sweep reads connections' timestamps).
     pub fn new(instance: String, heartbeat_interval_ms: u64, store: Option<Arc<Store>>) -> Self {
         Self { instance, heartbeat_interval_ms, store }
     }
@@ -33,13 +36,19 @@ impl ProtocolHandler {
     }
 }
 
+/// What the protocol handler keeps per connection.
+#[derive(Debug, Default)]
+pub struct ConnState {}
+
 fn reply(conn: &Connection, msg: &ServerMessage) {
     // A full queue closes the connection as a slow consumer; nothing more to do here.
     let _ = conn.send_text(msg.to_json());
 }
 
 impl Handler for ProtocolHandler {
-    async fn on_open(&self, conn: &Connection) {
+    type State = ConnState;
+
+    fn on_open(&self, _cx: &Context<'_>, conn: &Connection) -> ConnState {
         self.touch(conn);
         reply(
             conn,
@@ -51,10 +60,10 @@ impl Handler for ProtocolHandler {
                 heartbeat_interval_ms: self.heartbeat_interval_ms,
             },
         );
+        ConnState::default()
     }
 
-    async fn on_message(&self, conn: &Connection, msg: Message) {
-        self.touch(conn);
+    fn on_message(&self, _cx: &Context<'_>, conn: &Connection, _state: &mut ConnState, msg: Message) {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
@@ -65,15 +74,24 @@ impl Handler for ProtocolHandler {
                 return reply(conn, &ServerMessage::Error(e));
             }
         };
-        match decode_client(&text) {
-            Ok(req) => match req.message {
-                ClientMessage::Ping {} => reply(conn, &ServerMessage::Pong { id: req.id }),
-            },
-            Err(e) => reply(conn, &ServerMessage::Error(e.to_frame())),
+        let req = match decode_client(&text) {
+            Ok(req) => req,
+            Err(e) => return reply(conn, &ServerMessage::Error(e.to_frame())),
+        };
+        match req.message {
+            ClientMessage::Ping(_) => reply(conn, &ServerMessage::Pong { id: req.id }),
+            other => {
+                let e = ErrorFrame {
+                    code: ErrorCode::Unavailable,
+                    message: format!("`{}` is not served by this instance yet", other.type_name()),
+                    reference: req.id,
+                };
+                reply(conn, &ServerMessage::Error(e));
+            }
         }
     }
 
-    async fn on_close(&self, conn: &Connection) {
+    fn on_close(&self, _cx: &Context<'_>, conn: &Connection, _state: ConnState) {
         self.touch(conn);
     }
 }
@@ -83,9 +101,11 @@ impl Handler for ProtocolHandler {
 pub struct EchoHandler;
 
 impl Handler for EchoHandler {
-    async fn on_open(&self, _conn: &Connection) {}
+    type State = ();
 
-    async fn on_message(&self, conn: &Connection, msg: Message) {
+    fn on_open(&self, _cx: &Context<'_>, _conn: &Connection) {}
+
+    fn on_message(&self, _cx: &Context<'_>, conn: &Connection, _state: &mut (), msg: Message) {
         let out = match msg {
             Message::Text(t) => SharedMessage::text(t),
             Message::Binary(b) => SharedMessage::binary(b),
@@ -93,5 +113,5 @@ impl Handler for EchoHandler {
         let _ = conn.send(&out);
     }
 
-    async fn on_close(&self, _conn: &Connection) {}
+    fn on_close(&self, _cx: &Context<'_>, _conn: &Connection, _state: ()) {}
 }

@@ -126,10 +126,7 @@ fn health_of(state: &HttpState) -> Health {
         ),
         presence: not_configured.clone(),
         matchmaking: not_configured.clone(),
-        bus: state.parts.bus.as_ref().map_or(not_configured.clone(), |b| {
-            let (published, lagged) = b.stats();
-            json!({ "transport": b.transport(), "instance": b.instance(), "published": published, "lagged": lagged })
-        }),
+        bus: state.parts.bus.as_ref().map_or(not_configured.clone(), |b| json!(b.health())),
         db: store
             .as_ref()
             .map_or(not_configured, |s| json!({ "status": if s.pool.reachable { "ok" } else { "unavailable" }, "pool": s.pool, "write_behind": s.activity })),

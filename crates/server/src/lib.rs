@@ -117,14 +117,17 @@ impl Server {
         background: &CancellationToken,
     ) -> anyhow::Result<()> {
         let cfg = &self.config;
-        let bus = Bus::in_process(self.instance.clone(), cfg.store.bus_capacity);
+        let bus = Bus::in_process(self.instance.clone(), &cfg.bus);
         let store = Store::open(&cfg.database, cfg.store.clone(), bus.clone()).await.with_context(|| {
             format!(
                 "cannot open the database at {} (database.url / DATABASE_URL)",
                 redact(&cfg.database.effective_url())
             )
         })?;
-        store.spawn_background(tracker, background.clone());
+        store
+            .spawn_background(tracker, background.clone())
+            .await
+            .context("cannot start the store's background work")?;
         let guard = Arc::new(MemoryGuard::new(&cfg.memory));
         let interval = Duration::from_millis(cfg.memory.check_interval_ms);
         tracker.spawn(guard.clone().watch(
@@ -139,9 +142,16 @@ impl Server {
         };
         warn_about_shortcuts(cfg);
         let auth = StoreAuthenticator::new(store.clone(), cfg.dev_tokens());
+        let builder = Gateway::builder(cfg.gateway.clone(), Some(admission))?;
+        tracker.spawn(record_activity(
+            builder.handle(),
+            store.clone(),
+            Duration::from_millis(cfg.store.activity_flush_ms),
+            background.clone(),
+        ));
         let handler =
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()));
-        let gateway = Gateway::with_admission(cfg.gateway.clone(), auth, handler, Some(admission))?;
+        let gateway = builder.build(auth, handler);
         tracker.spawn(close_revoked(store.revocations(), gateway.handle(), background.clone()));
         let http = HttpParts {
             instance: self.instance.clone(),
@@ -167,6 +177,25 @@ async fn serve_gateway<A: Authenticator, H: Handler>(
     gateway.run(listener, router, shutdown).await?;
     tracing::info!("drained");
     Ok(())
+}
+
+/// Records the activity of connections that sent anything during the last period, from
+/// each connection's own last-seen time: one pass per period instead of a store call per
+/// message.
+async fn record_activity(gateway: GatewayHandle, store: Arc<Store>, period: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        gateway.for_each_connection(|conn| {
+            if gateway.idle_for(conn) < period {
+                store.touch(conn.user_id());
+            }
+        });
+    }
 }
 
 /// Closes the live connections of revoked sessions (4001), whichever instance revoked them.

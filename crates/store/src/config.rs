@@ -42,8 +42,8 @@ pub struct StoreConfig {
     pub activity_buffer_max: usize,
     /// How often expired sessions and cooldowns are deleted.
     pub cleanup_interval_ms: u64,
-    /// Messages a lagging bus subscriber may fall behind before it must resync (clear its caches).
-    pub bus_capacity: usize,
+    /// Session revocations buffered for the server's closer; a lagging closer is told and logs.
+    pub revocation_buffer: usize,
 }
 
 impl Default for StoreConfig {
@@ -57,7 +57,7 @@ impl Default for StoreConfig {
             activity_flush_ms: 5_000,
             activity_buffer_max: 100_000,
             cleanup_interval_ms: 60_000,
-            bus_capacity: 1024,
+            revocation_buffer: 1024,
         }
     }
 }
@@ -113,7 +113,7 @@ impl StoreConfig {
             ("store.activity_flush_ms", self.activity_flush_ms),
             ("store.activity_buffer_max", self.activity_buffer_max as u64),
             ("store.cleanup_interval_ms", self.cleanup_interval_ms),
-            ("store.bus_capacity", self.bus_capacity as u64),
+            ("store.revocation_buffer", self.revocation_buffer as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError { key, problem: "must be greater than 0".into() });

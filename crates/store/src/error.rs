@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The thing does not exist: answer 404.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The bus refused a subscription the store needs (at start).
+    #[error("bus unavailable")]
+    Bus(#[from] rendezvous_bus::BusError),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -44,7 +47,7 @@ impl From<sqlx::Error> for StoreError {
 impl StoreError {
     /// True when retrying later may succeed (the database is down, not the request bad).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Bus(_))
     }
 }
 

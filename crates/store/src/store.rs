@@ -94,7 +94,7 @@ impl Store {
             sessions: CountingLru::new(cfg.session_cache_capacity),
             queries: QueryCache::new(cfg.query_cache_capacity, Duration::from_millis(cfg.query_cache_ttl_ms)),
             activity: ActivityBuffer::new(cfg.activity_buffer_max),
-            revocations: broadcast::channel(cfg.bus_capacity).0,
+            revocations: broadcast::channel(cfg.revocation_buffer).0,
             db,
             cfg,
             bus,
@@ -111,10 +111,15 @@ impl Store {
         self.revocations.subscribe()
     }
 
-    /// Starts write-behind flushing, cleanup and the invalidation listener. On
-    /// `shutdown` they stop and the write-behind buffer is flushed one last time.
-    pub fn spawn_background(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
-        let mut sub = self.bus.subscribe(INVALIDATION_TOPIC);
+    /// Starts write-behind flushing, cleanup and the invalidation listener (subscribed
+    /// when this returns). On `shutdown` they stop and the write-behind buffer is flushed
+    /// one last time.
+    pub async fn spawn_background(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let mut sub = self.bus.subscribe(INVALIDATION_TOPIC).await?;
         let me = self.clone();
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -125,8 +130,8 @@ impl Store {
                 };
                 match received {
                     None => return,
-                    Some(Received::Lagged(n)) => {
-                        warn!(missed = n, "invalidation stream lagged; clearing every cache");
+                    Some(Received::Gap { missed }) => {
+                        warn!(?missed, "invalidations may have been missed; clearing every cache");
                         me.clear_caches();
                     }
                     Some(Received::Message(m)) if *m.origin == *me.bus.instance() => {}
@@ -170,6 +175,7 @@ impl Store {
                 }
             }
         });
+        Ok(())
     }
 
     fn apply(&self, inv: &Invalidation) {
@@ -195,12 +201,16 @@ impl Store {
         }
     }
 
-    /// Applies an invalidation here and tells every other instance.
-    fn invalidate(&self, inv: Invalidation) {
+    /// Applies an invalidation here and tells every other instance. A failed publish is
+    /// logged, not returned: the write itself succeeded, and other instances clear their
+    /// caches when their transport reports the gap.
+    async fn invalidate(&self, inv: Invalidation) {
         self.apply(&inv);
         match serde_json::to_vec(&inv) {
             Ok(bytes) => {
-                self.bus.publish(INVALIDATION_TOPIC, Bytes::from(bytes));
+                if let Err(e) = self.bus.publish(INVALIDATION_TOPIC, Bytes::from(bytes)).await {
+                    warn!(error = %e, "cannot publish an invalidation; other instances may serve stale entries");
+                }
             }
             Err(e) => warn!(error = %e, "cannot encode invalidation"),
         }
@@ -250,7 +260,7 @@ impl Store {
         };
         self.db.insert_user(&user).await?;
         // A lookup that missed before creation may have cached "no such user".
-        self.invalidate(Invalidation::User { user_id: user.id.clone() });
+        self.invalidate(Invalidation::User { user_id: user.id.clone() }).await;
         Ok(user)
     }
 
@@ -281,9 +291,9 @@ impl Store {
         if !self.db.update_user(&user).await? {
             return Err(StoreError::NotFound("user"));
         }
-        self.invalidate(Invalidation::User { user_id: id.to_owned() });
+        self.invalidate(Invalidation::User { user_id: id.to_owned() }).await;
         if patch.banned == Some(true) {
-            self.invalidate(Invalidation::UserSessions { user_id: id.to_owned() });
+            self.invalidate(Invalidation::UserSessions { user_id: id.to_owned() }).await;
         }
         Ok(user)
     }
@@ -293,8 +303,8 @@ impl Store {
         if !self.db.delete_user(id).await? {
             return Err(StoreError::NotFound("user"));
         }
-        self.invalidate(Invalidation::User { user_id: id.to_owned() });
-        self.invalidate(Invalidation::UserSessions { user_id: id.to_owned() });
+        self.invalidate(Invalidation::User { user_id: id.to_owned() }).await;
+        self.invalidate(Invalidation::UserSessions { user_id: id.to_owned() }).await;
         Ok(())
     }
 
@@ -358,14 +368,14 @@ impl Store {
     /// Revokes one session everywhere; its live connections close within a second.
     pub async fn revoke_session(&self, session_id: &str) -> Result<(), StoreError> {
         let owner = self.db.revoke_session(session_id, now_ms()).await?.ok_or(StoreError::NotFound("session"))?;
-        self.invalidate(Invalidation::Session { session_id: session_id.to_owned(), user_id: owner });
+        self.invalidate(Invalidation::Session { session_id: session_id.to_owned(), user_id: owner }).await;
         Ok(())
     }
 
     /// Revokes every session of a user; returns how many were live.
     pub async fn revoke_user_sessions(&self, user_id: &str) -> Result<usize, StoreError> {
         let ids = self.db.revoke_user_sessions(user_id, now_ms()).await?;
-        self.invalidate(Invalidation::UserSessions { user_id: user_id.to_owned() });
+        self.invalidate(Invalidation::UserSessions { user_id: user_id.to_owned() }).await;
         Ok(ids.len())
     }
 
@@ -385,20 +395,20 @@ impl Store {
             end_reason: None,
         };
         self.db.insert_call(&call).await?;
-        self.invalidate_calls(user_a, user_b);
+        self.invalidate_calls(user_a, user_b).await;
         Ok(call)
     }
 
     /// Records the end of a call.
     pub async fn end_call(&self, call: &Call, reason: &str) -> Result<(), StoreError> {
         self.db.end_call(&call.id, now_ms(), reason).await?;
-        self.invalidate_calls(&call.user_a, &call.user_b);
+        self.invalidate_calls(&call.user_a, &call.user_b).await;
         Ok(())
     }
 
-    fn invalidate_calls(&self, a: &str, b: &str) {
+    async fn invalidate_calls(&self, a: &str, b: &str) {
         for user in [a, b] {
-            self.invalidate(Invalidation::User { user_id: user.to_owned() });
+            self.invalidate(Invalidation::User { user_id: user.to_owned() }).await;
         }
     }
 
@@ -422,7 +432,7 @@ impl Store {
     /// Starts (or extends) a cooldown between two users.
     pub async fn put_cooldown(&self, a: &str, b: &str, until: i64) -> Result<(), StoreError> {
         self.db.put_cooldown(a, b, until).await?;
-        self.invalidate(Invalidation::Key { key: pair_key(a, b) });
+        self.invalidate(Invalidation::Key { key: pair_key(a, b) }).await;
         Ok(())
     }
 
@@ -443,8 +453,8 @@ impl Store {
     /// `blocker` blocks `blocked`.
     pub async fn block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
         self.db.put_block(blocker, blocked, now_ms()).await?;
-        self.invalidate(Invalidation::User { user_id: blocker.to_owned() });
-        self.invalidate(Invalidation::User { user_id: blocked.to_owned() });
+        self.invalidate(Invalidation::User { user_id: blocker.to_owned() }).await;
+        self.invalidate(Invalidation::User { user_id: blocked.to_owned() }).await;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Backend, fresh_database, open, open_with, two_instances};
 use rendezvous_store::both_backends;
 
-use rendezvous_bus::Bus;
+use rendezvous_bus::{Bus, BusConfig};
 use rendezvous_store::{NewUser, StoreConfig, StoreError, UserPatch};
 
 fn ada() -> NewUser {
@@ -63,7 +63,7 @@ both_backends!(sessions_authenticate_revoke_and_expire, |backend| {
 
 both_backends!(tokens_are_stored_only_as_hashes, |backend| {
     let db = fresh_database(backend).await;
-    let store = open_with(db.clone(), StoreConfig::default(), Bus::in_process("t", 8)).await;
+    let store = open_with(db.clone(), StoreConfig::default(), Bus::in_process("t", &BusConfig { capacity: 8 })).await;
     let u = store.create_user(ada()).await.unwrap();
     let issued = store.issue_session(&u.id, None, None, None).await.unwrap();
     let sessions = store.sessions_of(&u.id).await.unwrap();
@@ -226,7 +226,7 @@ both_backends!(shutdown_flushes_the_write_behind_buffer, |backend| {
     let before = store.db().stored_last_active(&u.id).await.unwrap().unwrap();
     let tracker = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
-    store.spawn_background(&tracker, stop.clone());
+    store.spawn_background(&tracker, stop.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(3)).await;
     store.touch(&u.id);
     stop.cancel();

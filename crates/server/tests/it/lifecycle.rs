@@ -1,16 +1,15 @@
 //! Heartbeats, slow consumers and the graceful drain.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rendezvous::Mode;
 use rendezvous_gateway::ws::reader::{Event, Message};
 use rendezvous_gateway::{
-    AuthError, Authenticator, Connection, GatewayConfig, GatewayHandle, Handler, Identity, SharedMessage,
+    AuthError, Authenticator, Connection, Context, GatewayConfig, Handler, Identity, SharedMessage,
 };
 use tokio::time::Instant;
 
-use crate::support::{ConnectOpts, RawClient, http_get, start, start_gateway, test_config};
+use crate::support::{ConnectOpts, PATIENCE, RawClient, http_get, start, start_gateway, test_config};
 
 #[tokio::test]
 async fn silent_peer_is_closed_4002_after_the_heartbeat_timeout() {
@@ -63,7 +62,7 @@ async fn peer_answering_pings_stays_connected() {
 
 /// Users are named by their token; "flood:<user>:<rounds>" queues `rounds` x 16 x 64 KiB
 /// messages for <user> and answers "queued" or "gone".
-struct Flooder(Arc<OnceLock<GatewayHandle>>);
+struct Flooder;
 struct TokenIsUser;
 
 impl Authenticator for TokenIsUser {
@@ -73,9 +72,10 @@ impl Authenticator for TokenIsUser {
 }
 
 impl Handler for Flooder {
-    async fn on_open(&self, _conn: &Connection) {}
-    async fn on_close(&self, _conn: &Connection) {}
-    async fn on_message(&self, conn: &Connection, msg: Message) {
+    type State = ();
+    fn on_open(&self, _cx: &Context<'_>, _conn: &Connection) {}
+    fn on_close(&self, _cx: &Context<'_>, _conn: &Connection, _state: ()) {}
+    fn on_message(&self, cx: &Context<'_>, conn: &Connection, _state: &mut (), msg: Message) {
         let Message::Text(t) = msg else { return };
         if t == "ping" {
             let _ = conn.send_text("pong");
@@ -84,7 +84,7 @@ impl Handler for Flooder {
         let Some(target) = t.strip_prefix("flood:") else {
             return;
         };
-        let handle = self.0.get().unwrap();
+        let handle = cx.gateway();
         let chunk = SharedMessage::text("z".repeat(64 * 1024));
         let targets = handle.connections_of(target);
         let mut ok = !targets.is_empty();
@@ -97,6 +97,43 @@ impl Handler for Flooder {
     }
 }
 
+/// Counts a connection's messages in its own state and reports the final count on close.
+struct Counter(tokio::sync::mpsc::UnboundedSender<(String, u32)>);
+
+impl Handler for Counter {
+    type State = u32;
+    fn on_open(&self, _cx: &Context<'_>, _conn: &Connection) -> u32 {
+        0
+    }
+    fn on_message(&self, _cx: &Context<'_>, conn: &Connection, seen: &mut u32, _msg: Message) {
+        *seen += 1;
+        let _ = conn.send_text(seen.to_string());
+    }
+    fn on_close(&self, _cx: &Context<'_>, conn: &Connection, seen: u32) {
+        let _ = self.0.send((conn.user_id().to_owned(), seen));
+    }
+}
+
+#[tokio::test]
+async fn per_connection_state_lives_from_open_to_close() {
+    let mut cfg = GatewayConfig::default();
+    cfg.connect_rate.per_second = 0;
+    let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let srv = start_gateway(cfg, TokenIsUser, Counter(tx)).await;
+    let connect =
+        |user: &'static str| RawClient::connect(srv.addr, ConnectOpts { token: Some(user), ..Default::default() });
+    let (mut a, mut b) = (connect("a").await.unwrap(), connect("b").await.unwrap());
+    for expected in 1..=3 {
+        a.send_text("x", false).await;
+        assert_eq!(a.text().await, expected.to_string());
+    }
+    b.send_text("x", false).await;
+    assert_eq!(b.text().await, "1", "each connection has its own state");
+    a.send_close(1000).await;
+    let (user, seen) = tokio::time::timeout(PATIENCE, closed.recv()).await.unwrap().unwrap();
+    assert_eq!((user.as_str(), seen), ("a", 3), "on_close gets the state back");
+}
+
 #[tokio::test]
 async fn slow_consumer_is_closed_1008_without_slowing_anyone_else() {
     let mut cfg = GatewayConfig::default();
@@ -104,9 +141,7 @@ async fn slow_consumer_is_closed_1008_without_slowing_anyone_else() {
     cfg.message_rate.per_second = 0;
     cfg.outbound_queue.max_messages = 64;
     cfg.outbound_queue.max_bytes = 2 * 1024 * 1024;
-    let slot = Arc::new(OnceLock::new());
-    let srv = start_gateway(cfg, TokenIsUser, Flooder(slot.clone())).await;
-    slot.set(srv.handle.clone()).unwrap();
+    let srv = start_gateway(cfg, TokenIsUser, Flooder).await;
     let connect =
         |user: &'static str| RawClient::connect(srv.addr, ConnectOpts { token: Some(user), ..Default::default() });
     let mut slow = connect("slow").await.unwrap();

@@ -137,8 +137,12 @@ async fn postgres_outage_and_recovery() {
     drop((live, again));
     srv.shutdown.cancel();
     srv.task.await.unwrap().unwrap();
-    let check = rendezvous_store::Store::open(&direct, Default::default(), rendezvous_bus::Bus::in_process("check", 8))
-        .await
-        .unwrap();
+    let check = rendezvous_store::Store::open(
+        &direct,
+        Default::default(),
+        rendezvous_bus::Bus::in_process("check", &Default::default()),
+    )
+    .await
+    .unwrap();
     assert!(check.db().stored_last_active(&id).await.unwrap().unwrap() > created_active);
 }
