@@ -5,31 +5,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use rendezvous_protocol::SettableState;
+
 use crate::directory::Profile;
 
 /// A user id.
 pub(crate) type UserId = Arc<str>;
-
-/// The state a client may choose for its user with `presence.set`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChosenState {
-    /// Open to being contacted.
-    Available,
-    /// Connected but not at the screen.
-    Away,
-}
-
-impl std::str::FromStr for ChosenState {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "available" => Ok(Self::Available),
-            "away" => Ok(Self::Away),
-            _ => Err(()),
-        }
-    }
-}
 
 /// What matchmaking says the user is doing; it outranks the chosen state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -89,7 +70,7 @@ impl PresenceState {
 pub(crate) struct Entry {
     pub(crate) profile: Arc<Profile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) chosen: Option<ChosenState>,
+    pub(crate) chosen: Option<SettableState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) status: Option<Arc<str>>,
     #[serde(default)]
@@ -105,8 +86,8 @@ impl Entry {
         match (self.activity, self.chosen) {
             (Activity::InCall, _) => PresenceState::InCall,
             (Activity::InQueue, _) => PresenceState::InQueue,
-            (Activity::Idle, Some(ChosenState::Available)) => PresenceState::Available,
-            (Activity::Idle, Some(ChosenState::Away)) => PresenceState::Away,
+            (Activity::Idle, Some(SettableState::Available)) => PresenceState::Available,
+            (Activity::Idle, Some(SettableState::Away)) => PresenceState::Away,
             (Activity::Idle, None) => PresenceState::Online,
         }
     }
@@ -164,7 +145,7 @@ impl ShownEntry {
 mod tests {
     use super::*;
 
-    fn entry(activity: Activity, chosen: Option<ChosenState>, updated_at: i64) -> Entry {
+    fn entry(activity: Activity, chosen: Option<SettableState>, updated_at: i64) -> Entry {
         Entry {
             profile: Arc::new(Profile::default()),
             chosen,
@@ -177,10 +158,10 @@ mod tests {
 
     #[test]
     fn matchmaking_outranks_the_chosen_state() {
-        assert_eq!(entry(Activity::InCall, Some(ChosenState::Away), 1).state(), PresenceState::InCall);
+        assert_eq!(entry(Activity::InCall, Some(SettableState::Away), 1).state(), PresenceState::InCall);
         assert_eq!(entry(Activity::InQueue, None, 1).state(), PresenceState::InQueue);
         assert_eq!(entry(Activity::Idle, None, 1).state(), PresenceState::Online);
-        assert_eq!(entry(Activity::Idle, Some(ChosenState::Away), 1).state(), PresenceState::Away);
+        assert_eq!(entry(Activity::Idle, Some(SettableState::Away), 1).state(), PresenceState::Away);
     }
 
     #[test]
@@ -196,7 +177,7 @@ mod tests {
     #[test]
     fn window_order_puts_available_then_recent_first() {
         let id: UserId = "u".into();
-        let avail_old = entry(Activity::Idle, Some(ChosenState::Available), 1).shown(&id);
+        let avail_old = entry(Activity::Idle, Some(SettableState::Available), 1).shown(&id);
         let online_new = entry(Activity::Idle, None, 5).shown(&id);
         let online_newer = entry(Activity::Idle, None, 6).shown(&id);
         assert!(avail_old.window_key() < online_new.window_key());

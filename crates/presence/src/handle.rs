@@ -9,7 +9,9 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PresenceConfig;
-use crate::entry::{Activity, ChosenState, UserId};
+use rendezvous_protocol::SettableState;
+
+use crate::entry::{Activity, UserId};
 use crate::outbox::Outbox;
 use crate::stats::{PresenceStats, StatsCell};
 use crate::wire::{self, codes};
@@ -37,7 +39,7 @@ pub(crate) enum Command<O> {
     Disconnect(u64),
     Subscribe { conn: O, topic: Arc<str>, req: Option<RequestId> },
     Unsubscribe { conn: O, topic: Arc<str>, req: Option<RequestId> },
-    Set { conn: O, state: Option<ChosenState>, status: Option<String>, req: Option<RequestId> },
+    Set { conn: O, state: Option<SettableState>, status: Option<String>, req: Option<RequestId> },
     Activity { user: UserId, activity: Activity },
     Refresh { user: UserId },
 }
@@ -150,7 +152,7 @@ impl<O: Outbox> PresenceHandle<O> {
     pub fn set_state(
         &self,
         conn: &O,
-        state: Option<ChosenState>,
+        state: Option<SettableState>,
         status: Option<String>,
         req: Option<RequestId>,
     ) -> Result<(), PresenceError> {

@@ -33,7 +33,7 @@ mod wire;
 
 pub use config::{ConfigError, PresenceConfig};
 pub use directory::{Directory, Profile};
-pub use entry::{Activity, ChosenState, PresenceState, ShownEntry};
+pub use entry::{Activity, PresenceState, ShownEntry};
 pub use handle::{PresenceError, PresenceHandle, validate_status, validate_topic};
 pub use outbox::Outbox;
 pub use service::Presence;

@@ -4,11 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use rendezvous_protocol::RequestId;
+use rendezvous_protocol::{RequestId, SettableState};
 use tokio::time::Instant;
 
 use crate::directory::{Lookup, Profile};
-use crate::entry::{Activity, ChosenState, Entry, UserId};
+use crate::entry::{Activity, Entry, UserId};
 use crate::outbox::Outbox;
 use crate::state::{LOCAL, LookupRequest, State};
 use crate::topic::Blocks;
@@ -49,7 +49,7 @@ pub(crate) struct LocalUser {
     lookup: LookupState,
     profile: Option<Arc<Profile>>,
     pub(crate) blocks: Blocks,
-    chosen: Option<ChosenState>,
+    chosen: Option<SettableState>,
     status: Option<Arc<str>>,
     activity: Activity,
     active_at: i64,
@@ -254,7 +254,7 @@ impl<O: Outbox> State<O> {
     pub(crate) fn set_state(
         &mut self,
         conn: &O,
-        chosen: Option<ChosenState>,
+        chosen: Option<SettableState>,
         status: Option<String>,
         req: Option<RequestId>,
         now: Instant,

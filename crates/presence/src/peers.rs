@@ -210,18 +210,19 @@ impl<O: Outbox> State<O> {
         r.seq = seq;
         let mut upserts = Vec::new();
         let mut removes = Vec::new();
-        for (user, entry) in entries {
-            for t in r.topics_of.get(&user).into_iter().flatten() {
-                upserts.push((t.clone(), user.clone(), entry.clone()));
-            }
-            r.users.insert(user, entry);
-        }
+        // Leaves first, so a new record is applied only to the topics the user is still in.
         for (topic, users) in leaves {
             for user in users {
                 if r.topics_of.get_mut(&user).is_some_and(|ts| ts.remove(&topic)) {
                     removes.push((topic.clone(), user));
                 }
             }
+        }
+        for (user, entry) in entries {
+            for t in r.topics_of.get(&user).into_iter().flatten() {
+                upserts.push((t.clone(), user.clone(), entry.clone()));
+            }
+            r.users.insert(user, entry);
         }
         for (topic, users) in joins {
             for user in users {

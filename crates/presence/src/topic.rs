@@ -223,6 +223,14 @@ impl<O: Outbox> Topic<O> {
         }
     }
 
+    /// Whether a guarded subscriber's count moved though the topic's did not: a user it blocks
+    /// joined or left the topic outside the window while someone else did the opposite.
+    fn hidden_count_changed(&self) -> bool {
+        self.guarded.values().any(|(_, blocks)| {
+            blocks.iter().any(|b| self.dirty.get(b).is_some_and(|&was| was != self.members.contains_key(b)))
+        })
+    }
+
     fn was_published(&self, user: &UserId) -> bool {
         self.dirty.get(user).copied().unwrap_or_else(|| self.members.contains_key(user))
     }
@@ -278,7 +286,7 @@ impl<O: Outbox> Topic<O> {
         let count = self.members.len();
         let entries = (joins.len() + updates.len() + leaves.len()) as u64;
         report.coalesced += changes.saturating_sub(entries);
-        if entries == 0 && count == self.count {
+        if entries == 0 && count == self.count && !self.hidden_count_changed() {
             self.dirty.clear();
             return;
         }

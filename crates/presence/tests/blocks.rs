@@ -3,7 +3,7 @@
 mod support;
 
 use rendezvous_gateway::SharedMessage;
-use rendezvous_presence::ChosenState;
+use rendezvous_protocol::SettableState;
 use support::*;
 
 #[tokio::test(start_paused = true)]
@@ -12,7 +12,8 @@ async fn blocked_pairs_never_see_each_other_and_the_rest_share_one_batch() {
     dir.block("a", "b");
     dir.block("z", "nobody-here"); // a block that does not involve this topic
     let n = node(&bus("i"), cfg(), &dir);
-    let mut cs: Vec<Client> = ["a", "b", "c", "d", "z"].iter().enumerate().map(|(i, u)| Client::new(i as u64, u)).collect();
+    let mut cs: Vec<Client> =
+        ["a", "b", "c", "d", "z"].iter().enumerate().map(|(i, u)| Client::new(i as u64, u)).collect();
     for c in &cs {
         n.handle.subscribe(&c.conn, "lobby", None).unwrap();
     }
@@ -33,7 +34,7 @@ async fn blocked_pairs_never_see_each_other_and_the_rest_share_one_batch() {
     assert_eq!(n.handle.stats().filtered_copies_total, 2);
 
     // Updates of a blocked user never reach the blocker, even as an empty-looking diff entry.
-    n.handle.set_state(&cs[1].conn, Some(ChosenState::Away), Some("hello".into()), None).unwrap();
+    n.handle.set_state(&cs[1].conn, Some(SettableState::Away), Some("hello".into()), None).unwrap();
     ticks(1).await;
     let to_a = cs[0].pump();
     let text = to_a.iter().map(|g| g.json.to_string()).collect::<String>();
@@ -96,7 +97,7 @@ async fn a_new_block_takes_effect_with_a_fresh_snapshot_after_refresh() {
     assert_eq!(x.ids("lobby"), ["x"]);
     y.pump();
     assert_eq!(y.ids("lobby"), ["y"]);
-    n.handle.set_state(&y.conn, Some(ChosenState::Away), None, None).unwrap();
+    n.handle.set_state(&y.conn, Some(SettableState::Away), None, None).unwrap();
     ticks(1).await;
     x.pump();
     assert_eq!(x.ids("lobby"), ["x"]);

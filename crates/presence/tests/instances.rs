@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rendezvous_bus::{Bus, BusConfig, Received, Subscription};
-use rendezvous_presence::{ChosenState, PresenceConfig};
+use rendezvous_presence::PresenceConfig;
+use rendezvous_protocol::SettableState;
 use serde_json::{Value, json};
 use support::*;
 
@@ -47,7 +48,7 @@ async fn three_instances_show_everyone_everywhere() {
         assert_eq!(c.views["lobby"].count, 3);
     }
 
-    nodes[1].handle.set_state(&cs[1].conn, Some(ChosenState::Away), Some("lunch".into()), None).unwrap();
+    nodes[1].handle.set_state(&cs[1].conn, Some(SettableState::Away), Some("lunch".into()), None).unwrap();
     nodes[2].handle.unsubscribe(&cs[2].conn, "lobby", None).unwrap();
     ticks(2).await;
     for c in &mut cs[..2] {
@@ -64,7 +65,8 @@ async fn three_instances_show_everyone_everywhere() {
 async fn a_user_on_two_instances_is_one_entry() {
     let dir = Dir::default();
     let bus = bus("a");
-    let (a, b, c) = (node(&bus, cfg(), &dir), node(&bus.as_instance("b"), cfg(), &dir), node(&bus.as_instance("c"), cfg(), &dir));
+    let (a, b, c) =
+        (node(&bus, cfg(), &dir), node(&bus.as_instance("b"), cfg(), &dir), node(&bus.as_instance("c"), cfg(), &dir));
     let on_a = Client::new(1, "dual");
     let on_b = Client::new(2, "dual");
     let mut watcher = Client::new(3, "w");
@@ -77,7 +79,7 @@ async fn a_user_on_two_instances_is_one_entry() {
     assert_eq!(watcher.ids("lobby"), ["dual", "w"]);
     assert_eq!(watcher.views["lobby"].count, 2);
 
-    b.handle.set_state(&on_b.conn, Some(ChosenState::Away), None, None).unwrap();
+    b.handle.set_state(&on_b.conn, Some(SettableState::Away), None, None).unwrap();
     ticks(2).await;
     watcher.pump();
     assert_eq!(watcher.state_of("lobby", "dual").as_deref(), Some("away"), "the latest change wins");
@@ -126,7 +128,7 @@ async fn users_moving_to_another_instance_keep_their_entry_unchanged() {
     for (i, m) in movers.iter().enumerate() {
         b.handle.subscribe(&m.conn, "lobby", None).unwrap();
         if i % 2 == 0 {
-            b.handle.set_state(&m.conn, Some(ChosenState::Away), Some("zzz".into()), None).unwrap();
+            b.handle.set_state(&m.conn, Some(SettableState::Away), Some("zzz".into()), None).unwrap();
         }
     }
     settle().await;
@@ -187,7 +189,7 @@ async fn a_restarted_instance_causes_no_join_or_leave_storm() {
 #[tokio::test(start_paused = true)]
 async fn a_bus_gap_makes_the_instance_ask_everyone_for_their_full_state() {
     let dir = Dir::default();
-    let bus = Bus::in_process("a", &BusConfig { capacity: 4, ..BusConfig::default() });
+    let bus = Bus::in_process("a", &BusConfig { capacity: 4 });
     let a = node(&bus, cfg(), &dir);
     let b = node(&bus.as_instance("b"), cfg(), &dir);
     let mut watcher = Client::new(1, "w");
@@ -225,9 +227,7 @@ async fn a_skipped_delta_asks_that_instance_for_its_full_state() {
     settle().await;
     let mut spy = bus.as_instance("spy").subscribe("presence").await.unwrap();
     let z = bus.as_instance("z");
-    let delta = |seq: u64, user: &str| {
-        json!({"kind":"delta","epoch":3,"seq":seq,"entries":{user: record(user, 1)},"joins":{"lobby":[user]},"leaves":{}})
-    };
+    let delta = |seq: u64, user: &str| json!({"kind":"delta","epoch":3,"seq":seq,"entries":{user: record(user, 1)},"joins":{"lobby":[user]},"leaves":{}});
     publish(&z, delta(1, "z1")).await;
     publish(&z, delta(3, "z3")).await; // seq 2 never arrives
     ticks(1).await;

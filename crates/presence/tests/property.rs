@@ -9,11 +9,17 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rendezvous_presence::{Activity, ChosenState, PresenceConfig};
+use rendezvous_presence::{Activity, PresenceConfig};
+use rendezvous_protocol::SettableState;
 use support::*;
 use tokio::time::Instant;
 
 const TOPICS: [&str; 2] = ["t0", "t1"];
+
+/// An entry as compared: state, status, `active_at`.
+type Shown = (String, Option<String>, u64);
+/// Sort key, id, state, status.
+type Ranked = (u8, std::cmp::Reverse<u64>, String, String, Option<String>);
 
 #[derive(Default)]
 struct MUser {
@@ -43,7 +49,11 @@ impl Model {
 
     fn connect(&mut self, conn: u64, user: &str) {
         let now = self.ms();
-        let u = self.users.entry(user.into()).or_insert_with(|| MUser { activity: "idle", active_at: now, ..MUser::default() });
+        let u = self.users.entry(user.into()).or_insert_with(|| MUser {
+            activity: "idle",
+            active_at: now,
+            ..MUser::default()
+        });
         u.conns.insert(conn);
         self.conn_user.insert(conn, user.into());
     }
@@ -131,11 +141,12 @@ impl Model {
     }
 
     /// The window `viewer` should see of `topic`: (count, id → (state, status, active_at ms)).
-    fn truth(&self, viewer: &str, topic: &str) -> (u64, BTreeMap<String, (String, Option<String>, u64)>) {
-        let mut members: Vec<(u8, std::cmp::Reverse<u64>, String, String, Option<String>)> = self
+    /// The window is the topic's (the same for everyone), minus the users `viewer` blocks.
+    fn truth(&self, viewer: &str, topic: &str) -> (u64, BTreeMap<String, Shown>) {
+        let mut members: Vec<Ranked> = self
             .users
             .iter()
-            .filter(|(id, u)| u.topics.contains_key(topic) && !self.blocked(viewer, id))
+            .filter(|(_, u)| u.topics.contains_key(topic))
             .map(|(id, u)| {
                 let state = match (u.activity, u.chosen) {
                     ("in_call", _) => "in_call",
@@ -148,17 +159,23 @@ impl Model {
             })
             .collect();
         members.sort();
-        let count = members.len() as u64;
-        let window = members.into_iter().take(self.window).map(|(_, at, id, s, st)| (id, (s, st, at.0))).collect();
+        let count = members.iter().filter(|m| !self.blocked(viewer, &m.2)).count() as u64;
+        let window = members
+            .into_iter()
+            .take(self.window)
+            .filter(|m| !self.blocked(viewer, &m.2))
+            .map(|(_, at, id, s, st)| (id, (s, st, at.0)))
+            .collect();
         (count, window)
     }
 }
 
-fn compare(model: &Model, client: &Client, topic: &str, context: &str) {
+/// `skew_ms`: how far instances' clocks may disagree (their Unix origins are read separately).
+fn compare(model: &Model, client: &Client, topic: &str, skew_ms: i64, context: &str) {
     let view = client.views.get(topic).unwrap_or_else(|| panic!("{context}: no view of {topic}"));
     let (count, want) = model.truth(client.user(), topic);
     assert_eq!(view.count, count, "{context}: count of {topic} for {}", client.user());
-    let got: BTreeMap<String, (String, Option<String>, u64)> = view
+    let got: BTreeMap<String, Shown> = view
         .entries
         .iter()
         .map(|(id, e)| {
@@ -167,11 +184,12 @@ fn compare(model: &Model, client: &Client, topic: &str, context: &str) {
             (id.clone(), (e["state"].as_str().unwrap().to_owned(), status, at as u64))
         })
         .collect();
-    let ids = |m: &BTreeMap<String, (String, Option<String>, u64)>| m.keys().cloned().collect::<Vec<_>>();
+    let ids = |m: &BTreeMap<String, Shown>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(ids(&got), ids(&want), "{context}: window of {topic} for {}", client.user());
     // Unix time is the model's milliseconds plus one offset for every entry.
     let offsets: BTreeSet<i64> = got.iter().map(|(id, g)| g.2 as i64 - want[id].2 as i64).collect();
-    assert!(offsets.len() <= 1, "{context}: active_at order differs: {got:?} vs {want:?}");
+    let spread = offsets.last().zip(offsets.first()).map_or(0, |(hi, lo)| hi - lo);
+    assert!(spread <= skew_ms, "{context}: active_at differs: {got:?} vs {want:?}");
     for (id, g) in &got {
         assert_eq!((&g.0, &g.1), (&want[id].0, &want[id].1), "{context}: entry {id} in {topic}");
     }
@@ -180,103 +198,187 @@ fn compare(model: &Model, client: &Client, topic: &str, context: &str) {
     }
 }
 
-async fn run(seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let window = rng.random_range(2..6);
-    let grace_ms = [0, 3_000, 5_000][rng.random_range(0..3)];
-    let cfg = PresenceConfig {
-        window,
-        max_entries_per_tick: window + rng.random_range(0..4),
-        offline_grace_ms: grace_ms,
-        ..PresenceConfig::default()
-    };
-    let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
-    let dir = Dir::default();
-    let mut blocks = BTreeSet::new();
-    for _ in 0..2 {
-        let (a, b) = (rng.random_range(0..8), rng.random_range(0..8));
-        if a != b {
-            dir.block(&users[a], &users[b]);
-            blocks.insert((users[a].clone(), users[b].clone()));
-        }
+/// The world the operations act on: users `u0`..`u7`, user `uN` always connects to node `N % nodes`.
+struct World {
+    rng: StdRng,
+    model: Model,
+    nodes: Vec<Node>,
+    clients: BTreeMap<u64, Client>,
+    next_conn: u64,
+}
+
+impl World {
+    fn node_of(&self, user: &str) -> &Handle {
+        let i: usize = user[1..].parse().unwrap();
+        &self.nodes[i % self.nodes.len()].handle
     }
-    let origin = Instant::now();
-    let n = node(&bus("a"), cfg, &dir);
-    let mut model = Model { origin, grace_ms, window, users: BTreeMap::new(), conn_user: BTreeMap::new(), blocks };
-    let mut clients: BTreeMap<u64, Client> = BTreeMap::new();
-    let mut next_conn = 1;
-    for tick in 1..=30u64 {
-        let tick_at = origin + Duration::from_millis(tick * TICK_MS);
-        let mut times: Vec<u64> = (0..rng.random_range(0..7)).map(|_| rng.random_range(10..TICK_MS - 20)).collect();
+
+    /// One random operation, applied to the service and to the model at the same instant.
+    async fn random_op(&mut self) {
+        let rng = &mut self.rng;
+        let user = format!("u{}", rng.random_range(0..8));
+        let conns: Vec<u64> = self.clients.keys().copied().collect();
+        let pick = conns.get(rng.random_range(0..conns.len().max(1))).copied();
+        match (rng.random_range(0..10), pick) {
+            (0..=2, _) | (_, None) if self.clients.len() < 12 => {
+                let c = Client::new(self.next_conn, &user);
+                self.node_of(&user).connect(&c.conn).unwrap();
+                self.model.connect(self.next_conn, &user);
+                self.clients.insert(self.next_conn, c);
+                self.next_conn += 1;
+            }
+            (3..=4, Some(id)) => {
+                let topic = TOPICS[rng.random_range(0..2)];
+                let c = &self.clients[&id];
+                self.node_of(c.user()).subscribe(&c.conn, topic, None).unwrap();
+                self.model.subscribe(id, topic);
+            }
+            (5, Some(id)) => {
+                if let Some(&topic) = self.model.subscribed(id).first() {
+                    let c = &self.clients[&id];
+                    self.node_of(c.user()).unsubscribe(&c.conn, topic, None).unwrap();
+                    self.model.unsubscribe(id, topic);
+                }
+            }
+            (6..=7, Some(id)) => {
+                let chosen = [None, Some("available"), Some("away")][rng.random_range(0..3)];
+                let status = [None, Some(String::new()), Some(format!("s{}", rng.random_range(0..3)))]
+                    [rng.random_range(0..3)]
+                .clone();
+                let state = chosen.map(|c| if c == "away" { SettableState::Away } else { SettableState::Available });
+                let c = &self.clients[&id];
+                self.node_of(c.user()).set_state(&c.conn, state, status.clone(), None).unwrap();
+                self.model.set(id, chosen, status);
+            }
+            (8, _) => {
+                let activities =
+                    [(Activity::Idle, "idle"), (Activity::InQueue, "in_queue"), (Activity::InCall, "in_call")];
+                let (a, name) = activities[rng.random_range(0..3)];
+                self.node_of(&user).set_activity(&user, a).unwrap();
+                self.model.activity(&user, name);
+            }
+            (_, Some(id)) => {
+                let c = self.clients.remove(&id).unwrap();
+                self.node_of(c.user()).disconnect(id);
+                self.model.disconnect(id);
+            }
+            _ => {}
+        }
+        settle().await;
+    }
+
+    /// Random operations at random instants inside the tick period ending at `tick` × 2 s.
+    async fn random_ops(&mut self, tick: u64, max_ops: usize) {
+        let mut times: Vec<u64> =
+            (0..self.rng.random_range(0..=max_ops)).map(|_| self.rng.random_range(10..TICK_MS - 20)).collect();
         times.sort();
         for t in times {
-            let at = origin + Duration::from_millis((tick - 1) * TICK_MS + t);
+            let at = self.model.origin + Duration::from_millis((tick - 1) * TICK_MS + t);
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
-            let conns: Vec<u64> = clients.keys().copied().collect();
-            let pick = conns.get(rng.random_range(0..conns.len().max(1))).copied();
-            match (rng.random_range(0..10), pick) {
-                (0..=2, _) | (_, None) if clients.len() < 12 => {
-                    let user = &users[rng.random_range(0..users.len())];
-                    let c = Client::new(next_conn, user);
-                    n.handle.connect(&c.conn).unwrap();
-                    model.connect(next_conn, user);
-                    clients.insert(next_conn, c);
-                    next_conn += 1;
-                }
-                (3..=4, Some(id)) => {
-                    let topic = TOPICS[rng.random_range(0..2)];
-                    n.handle.subscribe(&clients[&id].conn, topic, None).unwrap();
-                    model.subscribe(id, topic);
-                }
-                (5, Some(id)) => {
-                    if let Some(&topic) = model.subscribed(id).first() {
-                        n.handle.unsubscribe(&clients[&id].conn, topic, None).unwrap();
-                        model.unsubscribe(id, topic);
-                    }
-                }
-                (6..=7, Some(id)) => {
-                    let chosen = [None, Some("available"), Some("away")][rng.random_range(0..3)];
-                    let status = [None, Some(String::new()), Some(format!("s{}", rng.random_range(0..3)))]
-                        [rng.random_range(0..3)]
-                    .clone();
-                    let state = chosen.map(|c| if c == "away" { ChosenState::Away } else { ChosenState::Available });
-                    n.handle.set_state(&clients[&id].conn, state, status.clone(), None).unwrap();
-                    model.set(id, chosen, status);
-                }
-                (8, _) => {
-                    let user = &users[rng.random_range(0..users.len())];
-                    let (a, name) = [(Activity::Idle, "idle"), (Activity::InQueue, "in_queue"), (Activity::InCall, "in_call")]
-                        [rng.random_range(0..3)];
-                    n.handle.set_activity(user, a).unwrap();
-                    model.activity(user, name);
-                }
-                (_, Some(id)) => {
-                    n.handle.disconnect(id);
-                    model.disconnect(id);
-                    clients.remove(&id);
-                }
-                _ => {}
-            }
-            settle().await;
+            self.random_op().await;
         }
-        tokio::time::sleep_until(tick_at + Duration::from_millis(1)).await;
-        model.tick(tick * TICK_MS);
-        for (id, c) in &mut clients {
+    }
+
+    /// Every client's view of every topic it is subscribed to, against the model.
+    fn check(&mut self, skew_ms: i64, context: &str) {
+        for (id, c) in &mut self.clients {
             c.pump();
-            assert!(c.gaps.is_empty(), "seed {seed}: gap for conn {id}");
-            for topic in model.subscribed(*id) {
-                compare(&model, c, topic, &format!("seed {seed} tick {tick} conn {id}"));
+            assert!(c.gaps.is_empty(), "{context}: gap for conn {id}");
+            for topic in self.model.subscribed(*id) {
+                compare(&self.model, c, topic, skew_ms, &format!("{context} conn {id}"));
             }
         }
     }
 }
 
+fn world(seed: u64, nodes: usize, cfg: impl Fn(&mut StdRng) -> PresenceConfig) -> World {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cfg = cfg(&mut rng);
+    let dir = Dir::default();
+    let mut blocks = BTreeSet::new();
+    for _ in 0..2 {
+        let (a, b) = (format!("u{}", rng.random_range(0..8)), format!("u{}", rng.random_range(0..8)));
+        if a != b {
+            dir.block(&a, &b);
+            blocks.insert((a, b));
+        }
+    }
+    let origin = Instant::now();
+    let bus = bus("n0");
+    let nodes = (0..nodes).map(|i| node(&bus.as_instance(format!("n{i}")), cfg.clone(), &dir)).collect();
+    let model = Model {
+        origin,
+        grace_ms: cfg.offline_grace_ms,
+        window: cfg.window,
+        users: BTreeMap::new(),
+        conn_user: BTreeMap::new(),
+        blocks,
+    };
+    World { rng, model, nodes, clients: BTreeMap::new(), next_conn: 1 }
+}
+
+/// `SEED=n` replays one case; `SEEDS=n` runs the first n.
+fn seeds(default: u64) -> std::ops::Range<u64> {
+    match (std::env::var("SEED"), std::env::var("SEEDS")) {
+        (Ok(s), _) => s.parse().unwrap()..s.parse::<u64>().unwrap() + 1,
+        (_, Ok(n)) => 0..n.parse().unwrap(),
+        _ => 0..default,
+    }
+}
+
+fn paused(f: impl std::future::Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    rt.block_on(f);
+}
+
 #[test]
 fn every_client_view_equals_the_truth_for_its_window_after_every_tick() {
-    for seed in 0..60 {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-        rt.block_on(run(seed));
+    for seed in seeds(60) {
+        paused(async {
+            let mut w = world(seed, 1, |rng| {
+                let window = rng.random_range(2..6);
+                PresenceConfig {
+                    window,
+                    max_entries_per_tick: window + rng.random_range(0..4),
+                    offline_grace_ms: [0, 3_000, 5_000][rng.random_range(0..3)],
+                    ..PresenceConfig::default()
+                }
+            });
+            settle().await;
+            for tick in 1..=30u64 {
+                w.random_ops(tick, 6).await;
+                tokio::time::sleep_until(w.model.origin + Duration::from_millis(tick * TICK_MS + 1)).await;
+                w.model.tick(tick * TICK_MS);
+                w.check(0, &format!("seed {seed} tick {tick}"));
+            }
+        });
+    }
+}
+
+#[test]
+fn three_instances_converge_to_the_truth_after_every_quiet_period() {
+    for seed in seeds(20) {
+        paused(async {
+            let mut w = world(seed, 3, |rng| PresenceConfig {
+                window: 20,
+                offline_grace_ms: [0, 3_000][rng.random_range(0..2)],
+                ..PresenceConfig::default()
+            });
+            settle().await;
+            let mut tick = 1;
+            for round in 0..8 {
+                w.random_ops(tick, 8).await;
+                // A remote change is seen within two ticks; a grace period ends within two more.
+                tick += 4;
+                tokio::time::sleep_until(w.model.origin + Duration::from_millis(tick * TICK_MS + 1)).await;
+                w.model.tick(tick * TICK_MS);
+                // Each instance reads the wall clock once at start; in a busy test process those
+                // readings can be a few milliseconds apart.
+                w.check(1_000, &format!("seed {seed} round {round}"));
+                tick += 1;
+            }
+        });
     }
 }

@@ -4,8 +4,8 @@
 mod support;
 
 use rendezvous_gateway::SharedMessage;
-use rendezvous_presence::{ChosenState, PresenceConfig};
-use rendezvous_protocol::RequestId;
+use rendezvous_presence::PresenceConfig;
+use rendezvous_protocol::{RequestId, SettableState};
 use serde_json::json;
 use support::*;
 
@@ -67,7 +67,7 @@ async fn a_lost_diff_is_a_detectable_gap_and_resubscribing_recovers() {
     let got = a.pump();
     assert_eq!(got[0].json["type"], "presence.ack");
     assert_eq!(a.ids("lobby"), ["a", "o0", "o1", "o2"]);
-    n.handle.set_state(&others[0].conn, Some(ChosenState::Away), None, None).unwrap();
+    n.handle.set_state(&others[0].conn, Some(SettableState::Away), None, None).unwrap();
     ticks(1).await;
     a.pump();
     assert_eq!(a.gaps.len(), 1, "diffs follow the fresh snapshot");
@@ -82,7 +82,7 @@ async fn a_large_topic_sends_the_count_and_a_window_available_first_then_most_re
     for (i, u) in users.iter().enumerate() {
         n.handle.subscribe(&u.conn, "big", None).unwrap();
         if i % 10 == 0 {
-            n.handle.set_state(&u.conn, Some(ChosenState::Available), None, None).unwrap();
+            n.handle.set_state(&u.conn, Some(SettableState::Available), None, None).unwrap();
         }
         advance(3).await; // distinct activity times: later users are more recent
     }
@@ -133,7 +133,7 @@ async fn a_tick_with_more_changes_than_allowed_sends_a_window_snapshot_instead()
     assert_eq!(w.ids("t"), (20..30).map(|i| format!("u{i:02}")).collect::<Vec<_>>());
 
     // A small change goes back to diffs, within the bound.
-    n.handle.set_state(&users[0].conn, Some(ChosenState::Available), None, None).unwrap();
+    n.handle.set_state(&users[0].conn, Some(SettableState::Available), None, None).unwrap();
     ticks(1).await;
     let got = w.pump();
     let d = of_type(&got, "presence.diff")[0];
@@ -156,7 +156,7 @@ async fn every_subscriber_gets_the_same_bytes_serialized_once_per_tick() {
         c.pump();
     }
     let before = n.handle.stats();
-    n.handle.set_state(&clients[3].conn, Some(ChosenState::Away), None, None).unwrap();
+    n.handle.set_state(&clients[3].conn, Some(SettableState::Away), None, None).unwrap();
     ticks(1).await;
     let msgs: Vec<SharedMessage> = clients.iter_mut().map(|c| c.pump().remove(0).msg.unwrap()).collect();
     assert!(msgs.windows(2).all(|w| SharedMessage::ptr_eq(&w[0], &w[1])));
@@ -236,7 +236,7 @@ async fn profiles_are_looked_up_once_per_user_not_per_tick_or_connection() {
     let conns: Vec<Client> = (0..3).map(|i| Client::new(i, "same")).collect();
     for c in &conns {
         n.handle.subscribe(&c.conn, "t", None).unwrap();
-        n.handle.set_state(&c.conn, Some(ChosenState::Away), None, None).unwrap();
+        n.handle.set_state(&c.conn, Some(SettableState::Away), None, None).unwrap();
     }
     settle().await;
     ticks(10).await;

@@ -3,7 +3,8 @@
 
 mod support;
 
-use rendezvous_presence::{ChosenState, PresenceConfig};
+use rendezvous_presence::PresenceConfig;
+use rendezvous_protocol::SettableState;
 use support::*;
 use tokio::time::Instant;
 
@@ -31,7 +32,7 @@ async fn a_user_changing_every_100ms_reaches_subscribers_once_per_tick() {
 
     let mut seen = Vec::new();
     for i in 0..60 {
-        let state = if i % 2 == 0 { ChosenState::Away } else { ChosenState::Available };
+        let state = if i % 2 == 0 { SettableState::Away } else { SettableState::Available };
         n.handle.set_state(&restless.conn, Some(state), Some(format!("s{i}")), None).unwrap();
         advance(100).await;
         let got = watcher.pump();
@@ -64,7 +65,7 @@ async fn a_burst_of_100_changes_in_one_tick_is_one_entry_with_the_final_state() 
     let before = n.handle.stats().changes_coalesced_total;
 
     for i in 0..100 {
-        let state = if i % 2 == 0 { ChosenState::Available } else { ChosenState::Away };
+        let state = if i % 2 == 0 { SettableState::Available } else { SettableState::Away };
         n.handle.set_state(&bursty.conn, Some(state), Some(format!("n{i}")), None).unwrap();
         settle().await;
     }
@@ -139,7 +140,7 @@ async fn a_reload_inside_the_grace_period_is_invisible_and_keeps_the_chosen_stat
     let first = Client::new(2, "r");
     n.handle.subscribe(&watcher.conn, "lobby", None).unwrap();
     n.handle.subscribe(&first.conn, "lobby", None).unwrap();
-    n.handle.set_state(&first.conn, Some(ChosenState::Away), Some("brb".into()), None).unwrap();
+    n.handle.set_state(&first.conn, Some(SettableState::Away), Some("brb".into()), None).unwrap();
     settle().await;
     ticks(1).await;
     watcher.pump();
