@@ -3,6 +3,7 @@
 mod support;
 
 use rendezvous_gateway::SharedMessage;
+use rendezvous_presence::PresenceConfig;
 use rendezvous_protocol::SettableState;
 use support::*;
 
@@ -102,4 +103,31 @@ async fn a_new_block_takes_effect_with_a_fresh_snapshot_after_refresh() {
     x.pump();
     assert_eq!(x.ids("lobby"), ["x"]);
     assert!(x.gaps.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_user_arriving_outside_the_window_still_corrects_the_blockers_count() {
+    let dir = Dir::default();
+    dir.block("a", "b");
+    let n = node(&bus("i"), PresenceConfig { window: 1, ..cfg() }, &dir);
+    let mut a = Client::new(1, "a");
+    let first = Client::new(2, "first");
+    let c = Client::new(3, "c");
+    n.handle.subscribe(&a.conn, "lobby", None).unwrap();
+    n.handle.subscribe(&first.conn, "lobby", None).unwrap();
+    n.handle.subscribe(&c.conn, "lobby", None).unwrap();
+    n.handle.set_state(&first.conn, Some(SettableState::Available), None, None).unwrap();
+    settle().await;
+    ticks(1).await;
+    a.pump();
+    assert_eq!((a.ids("lobby"), a.views["lobby"].count), (vec!["first".to_owned()], 3));
+
+    // The topic's count and window stay the same (c leaves, b arrives), but a's count drops.
+    let b = Client::new(4, "b");
+    n.handle.unsubscribe(&c.conn, "lobby", None).unwrap();
+    n.handle.subscribe(&b.conn, "lobby", None).unwrap();
+    ticks(1).await;
+    a.pump();
+    assert_eq!(a.views["lobby"].count, 2);
+    assert!(a.gaps.is_empty());
 }

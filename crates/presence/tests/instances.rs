@@ -246,6 +246,12 @@ async fn a_skipped_delta_asks_that_instance_for_its_full_state() {
     ticks(1).await;
     watcher.pump();
     assert_eq!(watcher.ids("lobby"), ["w", "z3"]);
+    // A new record and a leave for the same user in one delta: the leave is not undone.
+    let both = json!({"kind":"delta","epoch":3,"seq":5,"entries":{"z3": record("z3", 9)},"joins":{},"leaves":{"lobby":["z3"]}});
+    publish(&z, both).await;
+    ticks(1).await;
+    watcher.pump();
+    assert_eq!(watcher.ids("lobby"), ["w"]);
 }
 
 #[tokio::test(start_paused = true)]

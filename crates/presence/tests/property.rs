@@ -335,7 +335,7 @@ fn paused(f: impl std::future::Future<Output = ()>) {
 
 #[test]
 fn every_client_view_equals_the_truth_for_its_window_after_every_tick() {
-    for seed in seeds(60) {
+    for seed in seeds(200) {
         paused(async {
             let mut w = world(seed, 1, |rng| {
                 let window = rng.random_range(2..6);
@@ -359,7 +359,7 @@ fn every_client_view_equals_the_truth_for_its_window_after_every_tick() {
 
 #[test]
 fn three_instances_converge_to_the_truth_after_every_quiet_period() {
-    for seed in seeds(20) {
+    for seed in seeds(40) {
         paused(async {
             let mut w = world(seed, 3, |rng| PresenceConfig {
                 window: 20,
