@@ -144,6 +144,10 @@ impl<O: Outbox> PresenceHandle<O> {
     /// `presence.unsubscribe`: the user leaves the topic now unless another of their
     /// connections is subscribed; answered with `presence.ack` or `not_subscribed`.
     pub fn unsubscribe(&self, conn: &O, topic: &str, req: Option<RequestId>) -> Result<(), PresenceError> {
+        if let Err(e) = validate_topic(topic, self.cfg.topic_max_len) {
+            let _ = conn.send(&wire::error(codes::BAD_TOPIC, &e, req.as_ref()));
+            return Err(PresenceError::BadTopic(e));
+        }
         let cmd = Command::Unsubscribe { conn: conn.clone(), topic: Arc::from(topic), req: req.clone() };
         self.queue(cmd, Some((conn, req.as_ref())))
     }

@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //! - [`Presence::spawn`] starts the task and returns a [`PresenceHandle`], which the server
-//!   calls from its connection handler (never blocking) and matchmaking calls with
-//!   [`Activity`].
+//!   calls from its connection handler (never blocking; states are the protocol's
+//!   `SettableState`) and matchmaking calls with [`Activity`].
 //! - [`Directory`]: profiles and block lists, implemented by the server over the store.
 //! - [`PresenceConfig`]: the `[presence]` section. [`PresenceStats`]: counters for `/health`.
 //! - [`PresenceMessage`]: what clients receive. [`codes`]: the error codes presence adds.

@@ -192,6 +192,7 @@ async fn refusals_name_the_problem_and_echo_the_request_id() {
     assert!(n.handle.subscribe(&a.conn, "Bad Topic", id(1)).is_err());
     assert!(n.handle.set_state(&a.conn, None, Some("x\u{0}".into()), id(2)).is_err());
     n.handle.unsubscribe(&a.conn, "never", id(3)).unwrap();
+    assert!(n.handle.unsubscribe(&a.conn, "NOPE", id(6)).is_err());
     n.handle.subscribe(&a.conn, "t1", None).unwrap();
     n.handle.subscribe(&a.conn, "t2", None).unwrap();
     n.handle.subscribe(&a.conn, "t3", id(4)).unwrap();
@@ -206,6 +207,7 @@ async fn refusals_name_the_problem_and_echo_the_request_id() {
         [
             ("bad_topic".into(), json!(1)),
             ("bad_status".into(), json!(2)),
+            ("bad_topic".into(), json!(6)),
             ("not_subscribed".into(), json!(3)),
             ("too_many_subscriptions".into(), json!(4)),
         ]
