@@ -12,9 +12,9 @@ use crate::config::PresenceConfig;
 use rendezvous_protocol::SettableState;
 
 use crate::entry::{Activity, UserId};
-use crate::outbox::Outbox;
 use crate::stats::{PresenceStats, StatsCell};
 use crate::wire::{self, codes};
+use rendezvous_gateway::Outbox;
 
 /// Why a request was not queued. Requests from a connection have already been answered
 /// with an `error` frame on that connection when this is returned.

@@ -9,10 +9,10 @@ use tokio::time::Instant;
 
 use crate::directory::{Lookup, Profile};
 use crate::entry::{Activity, Entry, UserId};
-use crate::outbox::Outbox;
 use crate::state::{LOCAL, LookupRequest, State};
 use crate::topic::Blocks;
 use crate::wire::{self, codes};
+use rendezvous_gateway::Outbox;
 
 /// One connection that used presence.
 pub(crate) struct Conn<O> {

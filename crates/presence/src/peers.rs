@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::entry::{Entry, UserId};
-use crate::outbox::Outbox;
 use crate::state::State;
 use crate::topic::ReplicaId;
+use rendezvous_gateway::Outbox;
 
 /// What instances say to each other on `presence.bus_topic` (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,9 +16,9 @@ use crate::directory::{Directory, Lookup, lookup};
 use crate::entry::UserId;
 use crate::handle::{Command, PresenceHandle};
 use crate::link::{BusLink, Inbound};
-use crate::outbox::Outbox;
 use crate::state::State;
 use crate::stats::StatsCell;
+use rendezvous_gateway::Outbox;
 
 /// Starts the presence service.
 #[derive(Debug)]

@@ -10,10 +10,10 @@ use tokio::time::Instant;
 use crate::config::PresenceConfig;
 use crate::entry::{Entry, UserId};
 use crate::local::{Conn, LocalUser};
-use crate::outbox::Outbox;
 use crate::peers::{PeerMessage, Peers};
 use crate::stats::StatsCell;
 use crate::topic::{Limits, ReplicaId, TickReport, Topic};
+use rendezvous_gateway::Outbox;
 
 /// This instance's own records in every topic.
 pub(crate) const LOCAL: ReplicaId = 0;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use rendezvous_gateway::SharedMessage;
 
 use crate::entry::{Entry, ShownEntry, UserId};
-use crate::outbox::Outbox;
 use crate::wire::{Diff, PresenceMessage, Snapshot, encode};
+use rendezvous_gateway::Outbox;
 
 /// Which instance (replica) a record came from; `0` is this instance.
 pub(crate) type ReplicaId = u32;
