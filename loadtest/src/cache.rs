@@ -1,9 +1,9 @@
 //! The server's cache counters from `/health` (`cache.users`, `cache.sessions`,
 //! `cache.queries`) and their change over a phase.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::health::fetch_json;
+use crate::http::{HttpUrl, fetch_json};
 
 /// Counters of one cache at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -26,7 +26,7 @@ pub struct Snapshot {
 }
 
 /// What changed between two snapshots.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
     pub hits: u64,
     pub misses: u64,
@@ -40,7 +40,7 @@ pub struct Delta {
 }
 
 /// The change of every cache over a phase.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Deltas {
     pub users: Delta,
     pub sessions: Delta,
@@ -49,7 +49,7 @@ pub struct Deltas {
 
 impl Snapshot {
     /// Reads `/health`.
-    pub async fn take(health_url: &str) -> Result<Self, String> {
+    pub async fn take(health_url: &HttpUrl) -> Result<Self, String> {
         let v = fetch_json(health_url).await?;
         if v.pointer("/cache/users/hits").is_none() {
             return Err(format!("{health_url}: no cache figures (is the store configured?)"));

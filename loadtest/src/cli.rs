@@ -1,321 +1,393 @@
-//! Command-line parsing (by hand: a flat list of `--flag value` options).
+//! The command line (clap derive): one subcommand per scenario, each with only the flags
+//! it uses, so `rendezvous-loadtest <scenario> --help` documents exactly what applies.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-pub const USAGE: &str = "usage: rendezvous-loadtest <scenario> [options]
+use clap::{Args, Parser, Subcommand};
 
-Scenarios:
-  idle          open N authenticated connections, hold them idle, close them cleanly
-  connect-rate  create U users with a session each (app API), then connect + welcome + close
-                with every token twice: first uncached (session LRU miss, database), then
-                cached; connects/s, latency and the session cache counters per phase
-  zipf          create U users, then R reads of GET /api/users/{id} with Zipf-distributed
-                ids; requests/s and the user/query cache hit rates over the reads
-  health        fetch /health once and print the connection and memory figures
+use crate::http::HttpUrl;
 
-Target:
-  --host HOST               server address (default 127.0.0.1)
-  --port PORT               server port (default 8080)
-  --path PATH               WebSocket path (default /ws)
-  --health-url URL          http://HOST:PORT/health, sampled once all connections are up
-  --server-pid PID          also read VmRSS of this process (Linux /proc) at that moment
+/// Load generator for Rendezvous: many authenticated WebSocket connections and app API
+/// calls from loopback source addresses, bounded in count and time.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rendezvous-loadtest",
+    version,
+    subcommand_value_name = "SCENARIO",
+    subcommand_help_heading = "Scenarios"
+)]
+#[command(after_long_help = "\
+Every target and source address must be IPv4 loopback (127.0.0.0/8).
+Run `rendezvous-loadtest <SCENARIO> --help` for the flags of one scenario.
 
-Load (idle):
-  --connections N           connections in total, over all processes (default 100)
-  --processes P             fork P child processes, each with N/P connections (default 1)
-  --sources A,B,...         loopback source addresses to bind (default 127.0.0.1)
-  --source-count K          shorthand for --sources 127.0.0.2 .. 127.0.0.(K+1)
-  --concurrency C           handshakes in flight at once, per process (default 200)
-  --rate R                  connection attempts per second, over all processes (0 = unlimited; default 0)
-  --deflate                 offer permessage-deflate; client_max_window_bits
-  --user-prefix S           user ids are <S><process>-<i> (default lt)
-  --connect-timeout-secs S  TCP connect + upgrade + welcome, per connection (default 10)
-  --settle-secs S           wait after the last connection before sampling (default 2)
-  --hold-secs S             keep the connections idle this long after sampling (default 10)
-  --max-secs S              hard bound for the whole run (default 300)
-
-Store (connect-rate, zipf):
-  --api-key KEY             app API key (default: $RENDEZVOUS__API__KEY)
-  --users U                 users to create (default: connect-rate 1000, zipf 10000)
-  --setup-concurrency C     API requests in flight during setup (default 16)
-  --reads R                 zipf: reads in total (default 200000)
-  --zipf-s S                zipf: exponent (default 1.0)
-  --seed N                  zipf: random seed (default 1)
-  --concurrency C           connects / reads in flight (default 32 for these scenarios)
-  (--health-url defaults to http://HOST:PORT/health; --source-count, --connect-timeout-secs
-   and --max-secs apply)
-
-Output:
-  --json                    print the report as JSON instead of a table
-  -h, --help                this text";
-
-/// What to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
-    Idle,
-    ConnectRate,
-    Zipf,
-    Health,
+On a terminal a progress line shows the scenario, how far it is and the time elapsed; it is
+left out when stdout is not a terminal or CI=true. Save a summary with `--json FILE` and
+diff two with `rendezvous-loadtest compare OLD NEW`.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// Parsed options.
-#[derive(Debug, Clone)]
-pub struct Args {
-    pub scenario: Scenario,
-    pub host: String,
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold N connections idle, then close them cleanly.
+    ///
+    /// Opens N authenticated connections (dev tokens `dev-<prefix><process>-<i>`), paced by
+    /// --rate and --concurrency; waits --settle-secs, samples the server (--health-url,
+    /// --server-pid), holds --hold-secs answering pings, then closes each with a clean
+    /// closing handshake. Reports connect latency, failures and drops by reason, and the
+    /// server's memory. Exits 1 unless every connection came up and closed cleanly.
+    Idle(IdleArgs),
+    /// Authenticated connects per second, session cache cold and warm.
+    ///
+    /// Creates U users with a session each through the app API, then connects + waits for
+    /// welcome + closes with every token twice: first uncached (session LRU miss, database),
+    /// then cached. Reports connects/s, latency and the session cache counters per phase.
+    ConnectRate(ConnectRateArgs),
+    /// Profile reads with Zipf-distributed popularity.
+    ///
+    /// Creates U users, then performs R reads of GET /api/users/{id} with ids drawn from
+    /// Zipf(--zipf-s) over a seeded popularity order. Reports requests/s, latency and the
+    /// user/query cache hit rates over the reads.
+    Zipf(ZipfArgs),
+    /// Fetch /health once and print the connection and memory figures.
+    Health(HealthArgs),
+    /// Diff two JSON summaries figure by figure.
+    ///
+    /// Reads two summaries written by `--json FILE` (same scenario) and prints every
+    /// figure: old, new, absolute and percent change. A figure that got worse by more than
+    /// --threshold percent is flagged REGRESSION (latencies, failures, memory: lower is
+    /// better; rates, connections, hit rates: higher is better); settings that differ are
+    /// flagged too. Exits 1 if there is a regression, 2 if the files cannot be compared.
+    Compare(CompareArgs),
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Target")]
+pub struct Target {
+    /// Server address (IPv4 loopback only).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1", value_parser = loopback)]
+    pub host: Ipv4Addr,
+    /// Server port.
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
     pub port: u16,
+}
+
+impl Target {
+    pub fn addr(&self) -> std::net::SocketAddrV4 {
+        std::net::SocketAddrV4::new(self.host, self.port)
+    }
+
+    /// `--health-url` if given, else `http://HOST:PORT/health`.
+    pub fn health_url(&self, given: Option<&HttpUrl>) -> HttpUrl {
+        given.cloned().unwrap_or_else(|| HttpUrl { addr: self.addr(), path: "/health".into() })
+    }
+}
+
+/// Which loopback addresses the client binds before connecting (each gives its own
+/// range of ephemeral ports).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sources")]
+pub struct Sources {
+    /// Loopback source addresses to bind, comma-separated.
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',', value_parser = loopback, default_value = "127.0.0.1")]
+    sources: Vec<Ipv4Addr>,
+    /// Shorthand for --sources 127.0.0.2 .. 127.0.0.(K+1).
+    #[arg(long, value_name = "K", conflicts_with = "sources", value_parser = clap::value_parser!(u8).range(1..=250))]
+    source_count: Option<u8>,
+}
+
+impl Sources {
+    /// The addresses to use, never empty.
+    pub fn addrs(&self) -> Vec<Ipv4Addr> {
+        match self.source_count {
+            Some(k) => (0..k).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i)).collect(),
+            None => self.sources.clone(),
+        }
+    }
+}
+
+/// Where the summary goes.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Output")]
+pub struct Output {
+    /// Write the summary as JSON to FILE as well as the table to stdout; with no FILE (or
+    /// `-`), print the JSON to stdout instead of the table.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
+}
+
+/// `idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws", help_heading = "Target")]
     pub path: String,
-    pub health_url: Option<String>,
-    pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub sources: Sources,
+    /// Connections in total, over all processes.
+    #[arg(long, value_name = "N", default_value_t = 100, help_heading = "Load")]
     pub connections: usize,
+    /// Fork P child processes with N/P connections each (to stay under the open-file limit).
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = at_least_one, help_heading = "Load")]
     pub processes: usize,
-    pub sources: Vec<Ipv4Addr>,
+    /// Handshakes in flight at once, per process.
+    #[arg(long, value_name = "C", default_value_t = 200, value_parser = at_least_one, help_heading = "Load")]
     pub concurrency: usize,
+    /// Connection attempts per second over all processes (0 = unlimited).
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = non_negative, help_heading = "Load")]
     pub rate: f64,
+    /// Offer permessage-deflate; client_max_window_bits (as browsers do).
+    #[arg(long, help_heading = "Load")]
     pub deflate: bool,
+    /// User ids are <S><process>-<i>.
+    #[arg(long, value_name = "S", default_value = "lt", help_heading = "Load")]
     pub user_prefix: String,
+    /// TCP connect + upgrade + welcome, per connection.
+    #[arg(long = "connect-timeout-secs", value_name = "S", default_value = "10", value_parser = secs, help_heading = "Time")]
     pub connect_timeout: Duration,
+    /// Wait after the last connection before sampling the server.
+    #[arg(long = "settle-secs", value_name = "S", default_value = "2", value_parser = secs, help_heading = "Time")]
     pub settle: Duration,
+    /// Keep the connections idle this long after sampling.
+    #[arg(long = "hold-secs", value_name = "S", default_value = "10", value_parser = secs, help_heading = "Time")]
     pub hold: Duration,
+    /// Hard bound for the whole run.
+    #[arg(long = "max-secs", value_name = "S", default_value = "300", value_parser = secs, help_heading = "Time")]
     pub max: Duration,
-    pub json: bool,
-    pub api_key: Option<String>,
-    pub users: usize,
-    pub setup_concurrency: usize,
-    pub reads: usize,
-    pub zipf_s: f64,
-    pub seed: u64,
-    /// Set in child processes: this child's index; it reports JSON lines on stdout
-    /// and holds until the parent writes a line on stdin.
+    /// http://HOST:PORT/health, sampled once all connections are up.
+    #[arg(long, value_name = "URL", help_heading = "Server sample")]
+    pub health_url: Option<HttpUrl>,
+    /// Also read VmRSS of this process (Linux /proc) at that moment.
+    #[arg(long, value_name = "PID", help_heading = "Server sample")]
+    pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub output: Output,
+    /// Set in child processes (--processes): this child's index. It reports JSON lines on
+    /// stdout and holds until the parent writes a line on its stdin.
+    #[arg(long, hide = true)]
     pub child: Option<usize>,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            scenario: Scenario::Idle,
-            host: "127.0.0.1".into(),
-            port: 8080,
-            path: "/ws".into(),
-            health_url: None,
-            server_pid: None,
-            connections: 100,
-            processes: 1,
-            sources: vec![Ipv4Addr::LOCALHOST],
-            concurrency: 200,
-            rate: 0.0,
-            deflate: false,
-            user_prefix: "lt".into(),
-            connect_timeout: Duration::from_secs(10),
-            settle: Duration::from_secs(2),
-            hold: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-            json: false,
-            api_key: None,
-            users: 0,
-            setup_concurrency: 16,
-            reads: 200_000,
-            zipf_s: 1.0,
-            seed: 1,
-            child: None,
-        }
+/// What both store scenarios need: the app API and the users it creates.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Store")]
+pub struct Store {
+    /// App API key.
+    #[arg(long, value_name = "KEY", env = "RENDEZVOUS__API__KEY", hide_env_values = true, value_parser = non_empty)]
+    pub api_key: String,
+    /// API requests in flight during setup (one kept-alive connection each).
+    #[arg(long, value_name = "C", default_value_t = 16, value_parser = at_least_one)]
+    pub setup_concurrency: usize,
+    /// Created users get display names <S>-<i>.
+    #[arg(long, value_name = "S", default_value = "lt")]
+    pub user_prefix: String,
+    /// Where to read the cache counters (default http://HOST:PORT/health).
+    #[arg(long, value_name = "URL")]
+    pub health_url: Option<HttpUrl>,
+    /// Hard bound for the whole run.
+    #[arg(long = "max-secs", value_name = "S", default_value = "300", value_parser = secs)]
+    pub max: Duration,
+}
+
+/// `connect-rate`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectRateArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws", help_heading = "Target")]
+    pub path: String,
+    #[command(flatten)]
+    pub sources: Sources,
+    #[command(flatten)]
+    pub store: Store,
+    /// Users to create (one session each).
+    #[arg(long, value_name = "U", default_value_t = 1000, value_parser = at_least_one, help_heading = "Load")]
+    pub users: usize,
+    /// Connects in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 32, value_parser = at_least_one, help_heading = "Load")]
+    pub concurrency: usize,
+    /// Offer permessage-deflate; client_max_window_bits.
+    #[arg(long, help_heading = "Load")]
+    pub deflate: bool,
+    /// TCP connect + upgrade + welcome, per connection.
+    #[arg(long = "connect-timeout-secs", value_name = "S", default_value = "10", value_parser = secs, help_heading = "Load")]
+    pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `zipf`.
+#[derive(Debug, Clone, Args)]
+pub struct ZipfArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub store: Store,
+    /// Users to create.
+    #[arg(long, value_name = "U", default_value_t = 10_000, value_parser = at_least_one, help_heading = "Load")]
+    pub users: usize,
+    /// Reads in total.
+    #[arg(long, value_name = "R", default_value_t = 200_000, help_heading = "Load")]
+    pub reads: usize,
+    /// Zipf exponent (0 = uniform).
+    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = non_negative, help_heading = "Load")]
+    pub zipf_s: f64,
+    /// Random seed for the popularity order and the draws.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Load")]
+    pub seed: u64,
+    /// Reads in flight at once (one kept-alive connection each).
+    #[arg(long, value_name = "C", default_value_t = 32, value_parser = at_least_one, help_heading = "Load")]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Fetch this URL instead of http://HOST:PORT/health.
+    #[arg(long, value_name = "URL", help_heading = "Server sample")]
+    pub health_url: Option<HttpUrl>,
+    /// Also read VmRSS of this process (Linux /proc).
+    #[arg(long, value_name = "PID", help_heading = "Server sample")]
+    pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `compare`.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The baseline: a summary written by `--json FILE`.
+    pub old: PathBuf,
+    /// The summary to judge against it (same scenario).
+    pub new: PathBuf,
+    /// A figure that got worse by more than this many percent is a regression.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0, value_parser = non_negative)]
+    pub threshold: f64,
+}
+
+fn loopback(v: &str) -> Result<Ipv4Addr, String> {
+    match v.trim().parse::<Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => Ok(ip),
+        Ok(ip) => Err(format!("{ip} is not a loopback address (127.0.0.0/8)")),
+        Err(_) => Err(format!("`{v}` is not an IPv4 address")),
     }
 }
 
-/// `Ok(None)` means help was printed.
-pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut args = Args::default();
-    let mut it = argv.into_iter();
-    let mut scenario = None;
-    let (mut concurrency, mut users) = (None, None);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "idle" if scenario.is_none() => scenario = Some(Scenario::Idle),
-            "health" if scenario.is_none() => scenario = Some(Scenario::Health),
-            "connect-rate" if scenario.is_none() => scenario = Some(Scenario::ConnectRate),
-            "zipf" if scenario.is_none() => scenario = Some(Scenario::Zipf),
-            "--host" => args.host = value(&arg)?,
-            "--port" => args.port = num(&arg, &value(&arg)?)?,
-            "--path" => args.path = value(&arg)?,
-            "--health-url" => args.health_url = Some(value(&arg)?),
-            "--server-pid" => args.server_pid = Some(num(&arg, &value(&arg)?)?),
-            "--connections" => args.connections = num(&arg, &value(&arg)?)?,
-            "--processes" => args.processes = num(&arg, &value(&arg)?)?,
-            "--sources" => args.sources = sources(&value(&arg)?)?,
-            "--source-count" => {
-                let k: u8 = num(&arg, &value(&arg)?)?;
-                if k == 0 || k > 250 {
-                    return Err("--source-count must be 1..=250".into());
-                }
-                args.sources = (0..k).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i)).collect();
-            }
-            "--concurrency" => concurrency = Some(num(&arg, &value(&arg)?)?),
-            "--rate" => args.rate = num(&arg, &value(&arg)?)?,
-            "--deflate" => args.deflate = true,
-            "--user-prefix" => args.user_prefix = value(&arg)?,
-            "--connect-timeout-secs" => args.connect_timeout = secs(&arg, &value(&arg)?)?,
-            "--settle-secs" => args.settle = secs(&arg, &value(&arg)?)?,
-            "--hold-secs" => args.hold = secs(&arg, &value(&arg)?)?,
-            "--max-secs" => args.max = secs(&arg, &value(&arg)?)?,
-            "--json" => args.json = true,
-            "--child" => args.child = Some(num(&arg, &value(&arg)?)?),
-            "--api-key" => args.api_key = Some(value(&arg)?),
-            "--users" => users = Some(num(&arg, &value(&arg)?)?),
-            "--setup-concurrency" => args.setup_concurrency = num(&arg, &value(&arg)?)?,
-            "--reads" => args.reads = num(&arg, &value(&arg)?)?,
-            "--zipf-s" => args.zipf_s = num(&arg, &value(&arg)?)?,
-            "--seed" => args.seed = num(&arg, &value(&arg)?)?,
-            other => return Err(format!("unknown argument `{other}`")),
-        }
+fn at_least_one(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{v}` is not a whole number of at least 1")),
     }
-    args.scenario = scenario.ok_or("missing scenario (idle, connect-rate, zipf or health)")?;
-    let store_scenario = matches!(args.scenario, Scenario::ConnectRate | Scenario::Zipf);
-    args.concurrency = concurrency.unwrap_or(if store_scenario { 32 } else { args.concurrency });
-    args.users = users.unwrap_or(if args.scenario == Scenario::Zipf { 10_000 } else { 1000 });
-    if args.processes == 0 || args.concurrency == 0 || args.setup_concurrency == 0 {
-        return Err("--processes, --concurrency and --setup-concurrency must be at least 1".into());
-    }
-    if store_scenario {
-        args.api_key = args.api_key.or_else(|| std::env::var("RENDEZVOUS__API__KEY").ok()).filter(|k| !k.is_empty());
-        if args.api_key.is_none() {
-            return Err("this scenario needs --api-key or RENDEZVOUS__API__KEY".into());
-        }
-        if args.users == 0 {
-            return Err("--users must be at least 1".into());
-        }
-        if !(args.zipf_s >= 0.0 && args.zipf_s.is_finite()) {
-            return Err("--zipf-s must be a non-negative number".into());
-        }
-    }
-    if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        return Err("--rate must be a non-negative number".into());
-    }
-    if args.sources.is_empty() {
-        return Err("--sources needs at least one address".into());
-    }
-    match args.host.parse::<Ipv4Addr>() {
-        Ok(ip) if ip.is_loopback() => {}
-        _ => {
-            return Err(format!("--host {} is not an IPv4 loopback address", args.host));
-        }
-    }
-    if let Some(bad) = args.sources.iter().find(|ip| !ip.is_loopback()) {
-        return Err(format!("source {bad} is not a loopback address"));
-    }
-    Ok(Some(args))
 }
 
-fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{name}: `{v}` is not a valid number"))
+fn non_negative(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("`{v}` is not a non-negative number")),
+    }
 }
 
-fn secs(name: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = num(name, v)?;
-    Duration::try_from_secs_f64(s).map_err(|_| format!("{name}: `{v}` is not a valid duration"))
+fn secs(v: &str) -> Result<Duration, String> {
+    non_negative(v)
+        .and_then(|s| Duration::try_from_secs_f64(s).map_err(|e| e.to_string()))
+        .map_err(|_| format!("`{v}` is not a number of seconds"))
 }
 
-fn sources(v: &str) -> Result<Vec<Ipv4Addr>, String> {
-    v.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().map_err(|_| format!("--sources: `{s}` is not an IPv4 address")))
-        .collect()
-}
-
-impl Args {
-    /// The options a child process gets: its share of connections, rate and sources.
-    pub fn child_argv(&self, index: usize) -> Vec<String> {
-        let p = self.processes;
-        let share = self.connections / p + usize::from(index < self.connections % p);
-        let sources = self.sources_of(index);
-        let mut v: Vec<String> = vec![
-            "idle".into(),
-            "--child".into(),
-            index.to_string(),
-            "--host".into(),
-            self.host.clone(),
-            "--port".into(),
-            self.port.to_string(),
-            "--path".into(),
-            self.path.clone(),
-            "--connections".into(),
-            share.to_string(),
-            "--sources".into(),
-            sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-            "--concurrency".into(),
-            self.concurrency.to_string(),
-            "--rate".into(),
-            (self.rate / p as f64).to_string(),
-            "--user-prefix".into(),
-            self.user_prefix.clone(),
-            "--connect-timeout-secs".into(),
-            self.connect_timeout.as_secs_f64().to_string(),
-            // The parent decides when to sample and release; the child only needs the bound.
-            "--max-secs".into(),
-            self.max.as_secs_f64().to_string(),
-        ];
-        if self.deflate {
-            v.push("--deflate".into());
-        }
-        v
-    }
-
-    /// Source addresses of process `index`: a share of the list when there are enough
-    /// addresses to go round, otherwise one address shared with other processes.
-    pub fn sources_of(&self, index: usize) -> Vec<Ipv4Addr> {
-        let p = self.processes;
-        if self.sources.len() >= p {
-            self.sources.iter().skip(index).step_by(p).copied().collect()
-        } else {
-            vec![self.sources[index % self.sources.len()]]
-        }
-    }
-
-    /// This process's number in user ids (0 for a single process).
-    pub fn process_index(&self) -> usize {
-        self.child.unwrap_or(0)
-    }
+fn non_empty(v: &str) -> Result<String, String> {
+    if v.is_empty() { Err("must not be empty".into()) } else { Ok(v.to_owned()) }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    fn parse_ok(s: &str) -> Args {
-        parse(s.split_whitespace().map(String::from)).unwrap().unwrap()
+    fn parse(s: &str) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rendezvous-loadtest").chain(s.split_whitespace())).map(|c| c.command)
+    }
+
+    fn idle(s: &str) -> IdleArgs {
+        match parse(&format!("idle {s}")).unwrap() {
+            Command::Idle(a) => a,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn sources_are_shared_out() {
-        let a = parse_ok("idle --source-count 4 --processes 2 --connections 5");
-        assert_eq!(a.sources.len(), 4);
-        assert_eq!(a.sources_of(0), vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 4)]);
-        assert_eq!(a.sources_of(1), vec![Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 5)]);
-        let b = parse_ok("idle --sources 127.0.0.2 --processes 3");
-        assert_eq!(b.sources_of(2), vec![Ipv4Addr::new(127, 0, 0, 2)]);
-        let argv = a.child_argv(0);
-        let at = argv.iter().position(|s| s == "--connections").unwrap();
-        assert_eq!(argv[at + 1], "3");
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
-    fn refuses_non_loopback_and_unknown_flags() {
-        let err = |s: &str| parse(s.split_whitespace().map(String::from)).unwrap_err();
-        assert!(err("idle --sources 10.0.0.1").contains("loopback"));
-        assert!(err("idle --bogus").contains("unknown"));
+    fn refuses_non_loopback_bad_numbers_and_unknown_flags() {
+        let err = |s: &str| parse(s).unwrap_err().to_string();
+        assert!(err("idle --sources 127.0.0.2,10.0.0.1").contains("loopback"));
         assert!(err("idle --host 192.0.2.1").contains("loopback"));
-        assert!(err("--json").contains("scenario"));
-        assert!(err("zipf --api-key 0123456789abcdef --zipf-s -1").contains("zipf-s"));
+        assert!(err("idle --bogus").contains("--bogus"));
+        assert!(err("idle --processes 0").contains("at least 1"));
+        assert!(err("idle --rate -1").contains("-1"));
+        assert!(err("idle --sources 127.0.0.2 --source-count 2").contains("cannot be used with"));
+        assert!(err("idle --source-count 251").contains("251"));
+        assert!(err("idle --health-url http://192.0.2.1/health").contains("loopback"));
+        assert!(err("--json").contains("--json"));
+        assert!(err("zipf --api-key k --zipf-s -1").contains("-1"));
+        // Flags of one scenario are not silently accepted by another.
+        assert!(err("zipf --api-key k --deflate").contains("--deflate"));
     }
 
     #[test]
     fn store_scenarios_have_their_own_defaults() {
-        let z = parse_ok("zipf --api-key 0123456789abcdef");
-        assert_eq!((z.scenario, z.users, z.reads, z.concurrency, z.zipf_s), (Scenario::Zipf, 10_000, 200_000, 32, 1.0));
-        let c = parse_ok("connect-rate --api-key 0123456789abcdef --users 50 --concurrency 8");
-        assert_eq!((c.scenario, c.users, c.concurrency), (Scenario::ConnectRate, 50, 8));
-        assert_eq!(parse_ok("idle").concurrency, 200);
+        let Command::Zipf(z) = parse("zipf --api-key 0123456789abcdef").unwrap() else { panic!() };
+        assert_eq!(
+            (z.users, z.reads, z.concurrency, z.zipf_s, z.store.setup_concurrency),
+            (10_000, 200_000, 32, 1.0, 16)
+        );
+        let Command::ConnectRate(c) = parse("connect-rate --api-key k --users 50 --concurrency 8").unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.users, c.concurrency, c.store.max), (50, 8, Duration::from_secs(300)));
+        assert_eq!(idle("").concurrency, 200);
+    }
+
+    #[test]
+    fn json_takes_an_optional_file() {
+        assert_eq!(idle("").output.json, None);
+        assert_eq!(idle("--json").output.json, Some(PathBuf::from("-")));
+        assert_eq!(idle("--json --port 9").output.json, Some(PathBuf::from("-")));
+        assert_eq!(idle("--json out.json --port 9").output.json, Some(PathBuf::from("out.json")));
+        let Command::Compare(c) = parse("compare a.json b.json --threshold 5").unwrap() else { panic!() };
+        assert_eq!((c.old, c.new, c.threshold), ("a.json".into(), "b.json".into(), 5.0));
+    }
+
+    /// The commands in BENCHMARKS.md and scripts/ must keep parsing.
+    #[test]
+    fn documented_commands_parse() {
+        for cmd in [
+            "idle --port 18090 --connections 10000 --processes 2 --source-count 4 --concurrency 256 \
+             --settle-secs 3 --hold-secs 2 --max-secs 180 --deflate \
+             --health-url http://127.0.0.1:18090/health --server-pid 42 --json",
+            "idle --port 18090 --connections 300 --source-count 1 --user-prefix warm --settle-secs 0 \
+             --hold-secs 1 --max-secs 60 --json",
+            "health --port 18090 --json",
+            "connect-rate --port 18190 --max-secs 300 --json --users 10000 --concurrency 32 --source-count 4 \
+             --api-key k",
+            "zipf --port 18190 --max-secs 300 --json --users 10000 --reads 200000 --zipf-s 1.0 \
+             --concurrency 32 --api-key k",
+        ] {
+            parse(cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        }
     }
 }

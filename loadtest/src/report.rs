@@ -56,7 +56,7 @@ fn add_all(into: &mut BTreeMap<String, usize>, from: BTreeMap<String, usize>) {
 }
 
 /// Connect latency percentiles, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p95_ms: f64,
@@ -79,10 +79,10 @@ impl Latency {
     }
 }
 
-/// The final report of a run.
-#[derive(Debug, Clone, Serialize)]
+/// The final report of an `idle` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    pub scenario: &'static str,
+    pub scenario: String,
     pub target_addr: String,
     pub processes: usize,
     pub sources: usize,
@@ -105,7 +105,7 @@ pub struct Report {
 impl Report {
     pub fn new(mut tally: Tally, meta: Meta, server: Option<ServerSample>, elapsed: f64) -> Self {
         Self {
-            scenario: "idle",
+            scenario: "idle".into(),
             target_addr: meta.target_addr,
             processes: meta.processes,
             sources: meta.sources,
@@ -130,7 +130,7 @@ impl Report {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(t, "  {k:<30} {v}");
         };
-        row("scenario", self.scenario.into());
+        row("scenario", self.scenario.clone());
         row("target", self.target_addr.clone());
         row("processes / sources", format!("{} / {}", self.processes, self.sources));
         row("connections requested", self.target.to_string());

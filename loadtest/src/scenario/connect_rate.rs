@@ -11,20 +11,22 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cache::{Deltas, Snapshot};
-use crate::cli::Args;
+use crate::cli::ConnectRateArgs;
 use crate::connect::{self, Target};
 use crate::pool;
+use crate::progress::Progress;
 use crate::report::Latency;
 use crate::scenario::setup::{self, SetupReport};
+use crate::summary;
 
 /// One phase's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
-    pub name: &'static str,
+    pub name: String,
     pub attempts: usize,
     pub connected: usize,
     pub failed: BTreeMap<String, usize>,
@@ -42,9 +44,9 @@ pub struct Phase {
 }
 
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    pub scenario: &'static str,
+    pub scenario: String,
     pub target_addr: String,
     pub users: usize,
     pub concurrency: usize,
@@ -55,13 +57,9 @@ pub struct Report {
     pub elapsed_secs: f64,
 }
 
-pub fn health_url(args: &Args) -> String {
-    args.health_url.clone().unwrap_or_else(|| format!("http://{}:{}/health", args.host, args.port))
-}
-
-pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
+pub async fn run(args: &ConnectRateArgs, deadline: Instant) -> ExitCode {
     let started = Instant::now();
-    let url = health_url(args);
+    let url = args.target.health_url(args.store.health_url.as_ref());
     let capacity = match Snapshot::take(&url).await {
         Ok(s) => s.sessions.capacity,
         Err(e) => {
@@ -76,9 +74,10 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
             args.users
         );
     }
-    let made = setup::make_users(args, true, deadline).await;
+    let progress = Progress::start("connect-rate");
+    let made = setup::make_users(&args.target, &args.store, args.users, true, &progress, deadline).await;
     let target = Arc::new(Target {
-        addr: setup::api_addr(args),
+        addr: args.target.addr(),
         path: args.path.clone(),
         deflate: args.deflate,
         timeout: args.connect_timeout,
@@ -90,16 +89,17 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
             break;
         }
         let before = Snapshot::take(&url).await;
-        let mut phase = connect_each(args, name, &target, &tokens, deadline).await;
+        progress.phase(name, tokens.len());
+        let mut phase = connect_each(args, name, &target, &tokens, &progress, deadline).await;
         let after = Snapshot::take(&url).await;
         phase.cache = match (before, after) {
             (Ok(b), Ok(a)) => Some(b.delta_to(&a)),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!("warning: {e}");
+                progress.note(&format!("warning: {e}"));
                 None
             }
         };
-        eprintln!(
+        progress.note(&format!(
             "{name}: {}/{} connected in {:.2} s = {:.0} connects/s; welcome p50 {:.1} ms p99 {:.1} ms; sessions {}",
             phase.connected,
             phase.attempts,
@@ -108,43 +108,45 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
             phase.welcome_latency.p50_ms,
             phase.welcome_latency.p99_ms,
             phase.cache.map_or("-".into(), |c| c.sessions.summary())
-        );
+        ));
         phases.push(phase);
     }
+    progress.finish();
     let all_good = phases.len() == 2
         && made.report.failed.is_empty()
         && phases.iter().all(|p| p.failed.is_empty() && p.connected == args.users);
     let report = Report {
-        scenario: "connect-rate",
+        scenario: "connect-rate".into(),
         target_addr: format!("ws://{}{}", target.addr, target.path),
         users: args.users,
         concurrency: args.concurrency,
-        sources: args.sources.len(),
+        sources: args.sources.addrs().len(),
         session_cache_capacity: Some(capacity),
         setup: made.report,
         phases,
         elapsed_secs: started.elapsed().as_secs_f64(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
-        print!("{}", table(&report));
+    if let Err(e) = summary::emit(&args.output, &report, &table(&report)) {
+        eprintln!("rendezvous-loadtest: {e}");
+        return ExitCode::FAILURE;
     }
     if all_good { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// Connects with every token once.
 async fn connect_each(
-    args: &Args,
-    name: &'static str,
+    args: &ConnectRateArgs,
+    name: &str,
     target: &Arc<Target>,
     tokens: &Arc<Vec<String>>,
+    progress: &Progress,
     deadline: Instant,
 ) -> Phase {
-    let sources = Arc::new(args.sources.clone());
-    let (target, tokens) = (target.clone(), tokens.clone());
+    let sources = Arc::new(args.sources.addrs());
+    let (target, tokens, job_progress) = (target.clone(), tokens.clone(), progress.clone());
     let done = pool::run(tokens.len(), vec![(); args.concurrency], deadline, move |(), i| {
         let (target, tokens, sources) = (target.clone(), tokens.clone(), sources.clone());
+        let progress = job_progress.clone();
         async move {
             let t0 = Instant::now();
             let r = match connect::open(&target, sources[i % sources.len()], &tokens[i]).await {
@@ -155,6 +157,7 @@ async fn connect_each(
                 }
                 Err(reason) => Err(reason),
             };
+            progress.item(r.is_ok());
             ((), r)
         }
     })
@@ -173,7 +176,7 @@ async fn connect_each(
         }
     }
     Phase {
-        name,
+        name: name.to_owned(),
         attempts: done.results.len(),
         connected: welcome.len(),
         failed,
@@ -192,7 +195,7 @@ fn table(r: &Report) -> String {
     let mut row = |k: &str, v: String| {
         let _ = writeln!(t, "  {k:<30} {v}");
     };
-    row("scenario", r.scenario.into());
+    row("scenario", r.scenario.clone());
     row("target", r.target_addr.clone());
     row("users / concurrency / sources", format!("{} / {} / {}", r.users, r.concurrency, r.sources));
     row("session cache capacity", r.session_cache_capacity.map_or("-".into(), |c| c.to_string()));

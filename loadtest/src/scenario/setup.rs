@@ -2,14 +2,14 @@
 //! app API, a bounded number of requests in flight.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::cli::Args;
+use crate::cli::{Store, Target};
 use crate::http::Api;
 use crate::pool;
+use crate::progress::Progress;
 
 /// What setup made.
 pub struct Made {
@@ -21,7 +21,7 @@ pub struct Made {
 }
 
 /// Setup figures for the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetupReport {
     pub users_requested: usize,
     pub users_created: usize,
@@ -33,19 +33,24 @@ pub struct SetupReport {
     pub requests_per_sec: f64,
 }
 
-pub fn api_addr(args: &Args) -> SocketAddrV4 {
-    SocketAddrV4::new(args.host.parse().unwrap_or(Ipv4Addr::LOCALHOST), args.port)
-}
-
-/// Creates `args.users` users (`display_name` `<prefix>-<i>`), each with one session if
-/// `sessions`; stops starting new ones at `deadline`.
-pub async fn make_users(args: &Args, sessions: bool, deadline: Instant) -> Made {
-    let addr = api_addr(args);
-    let key = args.api_key.clone().unwrap_or_default();
-    let states = (0..args.setup_concurrency.min(args.users)).map(|_| Api::new(addr, &key)).collect();
-    let prefix = args.user_prefix.clone();
-    let done = pool::run(args.users, states, deadline, move |mut api, i| {
+/// Creates `users` users (`display_name` `<prefix>-<i>`), each with one session if
+/// `sessions`; stops starting new ones at `deadline`. Each user is an item on `progress`.
+pub async fn make_users(
+    target: &Target,
+    store: &Store,
+    users: usize,
+    sessions: bool,
+    progress: &Progress,
+    deadline: Instant,
+) -> Made {
+    let addr = target.addr();
+    let states = (0..store.setup_concurrency.min(users)).map(|_| Api::new(addr, &store.api_key)).collect();
+    let prefix = store.user_prefix.clone();
+    progress.phase("setup", users);
+    let job_progress = progress.clone();
+    let done = pool::run(users, states, deadline, move |mut api, i| {
         let name = format!("{prefix}-{i}");
+        let progress = job_progress.clone();
         async move {
             let r = async {
                 let id = api.create_user(&name).await?;
@@ -53,6 +58,7 @@ pub async fn make_users(args: &Args, sessions: bool, deadline: Instant) -> Made 
                 Ok::<_, String>((id, token))
             }
             .await;
+            progress.item(r.is_ok());
             (api, r)
         }
     })
@@ -72,20 +78,20 @@ pub async fn make_users(args: &Args, sessions: bool, deadline: Instant) -> Made 
     }
     let requests = user_ids.len() + tokens.len();
     let report = SetupReport {
-        users_requested: args.users,
+        users_requested: users,
         users_created: user_ids.len(),
         sessions_issued: tokens.len(),
         failed,
         secs: done.secs,
         requests_per_sec: requests as f64 / done.secs.max(1e-9),
     };
-    eprintln!(
+    progress.note(&format!(
         "setup: {} users, {} sessions in {:.1} s ({:.0} requests/s), {} failed",
         report.users_created,
         report.sessions_issued,
         report.secs,
         report.requests_per_sec,
         report.failed.values().sum::<usize>()
-    );
+    ));
     Made { user_ids, tokens, report }
 }

@@ -10,22 +10,23 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cache::{Deltas, Snapshot};
-use crate::cli::Args;
+use crate::cli::ZipfArgs;
 use crate::dist::{Rng, Zipf};
 use crate::http::Api;
 use crate::pool;
+use crate::progress::Progress;
 use crate::report::Latency;
-use crate::scenario::connect_rate::health_url;
 use crate::scenario::setup::{self, SetupReport};
+use crate::summary;
 
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    pub scenario: &'static str,
+    pub scenario: String,
     pub users: usize,
     pub reads: usize,
     pub zipf_s: f64,
@@ -47,9 +48,9 @@ pub struct Report {
     pub elapsed_secs: f64,
 }
 
-pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
+pub async fn run(args: &ZipfArgs, deadline: Instant) -> ExitCode {
     let started = Instant::now();
-    let url = health_url(args);
+    let url = args.target.health_url(args.store.health_url.as_ref());
     let capacity = match Snapshot::take(&url).await {
         Ok(s) => s.users.capacity as usize,
         Err(e) => {
@@ -57,15 +58,18 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let made = setup::make_users(args, false, deadline).await;
+    let progress = Progress::start("zipf");
+    let made = setup::make_users(&args.target, &args.store, args.users, false, &progress, deadline).await;
     let n = made.user_ids.len();
     if n == 0 {
+        progress.finish();
         eprintln!("rendezvous-loadtest: setup created no users");
         return ExitCode::FAILURE;
     }
     let zipf = match Zipf::new(n, args.zipf_s) {
         Ok(z) => z,
         Err(e) => {
+            progress.finish();
             eprintln!("rendezvous-loadtest: {e}");
             return ExitCode::FAILURE;
         }
@@ -78,20 +82,23 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
 
     let ids = Arc::new(made.user_ids);
     let sequence = Arc::new(sequence);
-    let addr = setup::api_addr(args);
-    let key = args.api_key.clone().unwrap_or_default();
-    let states = (0..args.concurrency).map(|_| Api::new(addr, &key)).collect();
+    let addr = args.target.addr();
+    let states = (0..args.concurrency).map(|_| Api::new(addr, &args.store.api_key)).collect();
     let before = Snapshot::take(&url).await;
+    progress.phase("reads", args.reads);
+    let job_progress = progress.clone();
     let done = pool::run(args.reads, states, deadline, move |mut api, i| {
-        let (ids, sequence) = (ids.clone(), sequence.clone());
+        let (ids, sequence, progress) = (ids.clone(), sequence.clone(), job_progress.clone());
         async move {
             let t0 = Instant::now();
             let r = api.get_user(&ids[sequence[i] as usize]).await.map(|()| t0.elapsed().as_micros() as u64);
+            progress.item(r.is_ok());
             (api, r)
         }
     })
     .await;
     let after = Snapshot::take(&url).await;
+    progress.finish();
 
     let mut failed = BTreeMap::new();
     let mut latencies = Vec::with_capacity(args.reads);
@@ -110,7 +117,7 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
         }
     };
     let report = Report {
-        scenario: "zipf",
+        scenario: "zipf".into(),
         users: n,
         reads: args.reads,
         zipf_s: args.zipf_s,
@@ -127,10 +134,9 @@ pub async fn run(args: &Args, deadline: Instant) -> ExitCode {
         cache,
         elapsed_secs: started.elapsed().as_secs_f64(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
-        print!("{}", table(&report));
+    if let Err(e) = summary::emit(&args.output, &report, &table(&report)) {
+        eprintln!("rendezvous-loadtest: {e}");
+        return ExitCode::FAILURE;
     }
     let all_good = report.failed.is_empty() && report.setup.failed.is_empty() && report.cache.is_some();
     if all_good { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -150,7 +156,7 @@ fn table(r: &Report) -> String {
     let mut row = |k: &str, v: String| {
         let _ = writeln!(t, "  {k:<30} {v}");
     };
-    row("scenario", r.scenario.into());
+    row("scenario", r.scenario.clone());
     row("users / reads / s / seed", format!("{} / {} / {} / {}", r.users, r.reads, r.zipf_s, r.seed));
     row("setup", format!("{} users in {:.1} s", r.setup.users_created, r.setup.secs));
     row("distinct users read", r.distinct_users_read.to_string());

@@ -85,36 +85,13 @@ pub fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Decodes a query value as browsers encode forms: `+` is a space, `%XX` a byte. A `%`
+/// that does not start a valid escape is kept as it is (`percent-encoding` does that), and
+/// bytes that are not UTF-8 become U+FFFD, so no query makes the handshake fail here.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                    }
-                    _ => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // `+` first: an encoded `%2B` must still decode to a literal plus.
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
 /// A handshake the server refuses, with the HTTP status to answer.
@@ -216,5 +193,7 @@ mod tests {
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%41"), "A");
+        assert_eq!(percent_decode("a+b%2Bc"), "a b+c");
+        assert_eq!(percent_decode("%ff%41"), "\u{fffd}A");
     }
 }

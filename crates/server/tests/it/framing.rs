@@ -6,15 +6,9 @@ use rendezvous_gateway::ws::reader::Event;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{RawClient, read_response, start, test_config};
+use crate::support::{RawClient, raw_request, read_response, start, test_config};
 
 const MASK: Option<[u8; 4]> = Some([9, 8, 7, 6]);
-
-async fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> crate::support::HttpResponse {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    read_response(&mut s).await.0
-}
 
 #[tokio::test]
 async fn bad_upgrade_requests_get_json_errors() {

@@ -14,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod http;
+pub use http::{HttpResponse, api, http_get, raw_request, read_response};
+
 /// The API key test configs use.
 pub const API_KEY: &str = "test-api-key-0123456789";
 
@@ -55,19 +58,6 @@ pub async fn config_for(backend: rendezvous_store::testing::Backend) -> Config {
 
 pub(crate) use rendezvous_store::both_backends;
 
-/// One API call over a fresh connection; `key` is sent as the Bearer token.
-pub async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    if let Some(k) = key {
-        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).await.unwrap();
-    read_response(&mut s).await.0
-}
-
 /// Polls `check` until it holds, failing the test after [`PATIENCE`].
 pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, mut check: F) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -106,100 +96,6 @@ pub async fn start_gateway<A: Authenticator, H: Handler>(cfg: GatewayConfig, aut
         Ok(())
     });
     TestServer { addr, handle, store: None, shutdown, task }
-}
-
-/// An HTTP response read off a raw socket.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Reads one HTTP response head (and a Content-Length body) from `stream`.
-pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (HttpResponse, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(n) = resp.parse(&buf).unwrap() {
-            let status = resp.code.unwrap();
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
-                .collect();
-            let chunked =
-                headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-            let mut rest = buf[n..].to_vec();
-            if chunked {
-                // Test requests say `Connection: close`, so the body ends at EOF.
-                loop {
-                    let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.unwrap().unwrap();
-                    if r == 0 {
-                        break;
-                    }
-                    rest.extend_from_slice(&chunk[..r]);
-                }
-                return (HttpResponse { status, headers, body: dechunk(&rest) }, Vec::new());
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |(_, v)| v.parse().unwrap());
-            while status != 101 && rest.len() < len {
-                let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.unwrap().unwrap();
-                assert!(r > 0, "eof inside body");
-                rest.extend_from_slice(&chunk[..r]);
-            }
-            if status == 101 {
-                return (HttpResponse { status, headers, body: Vec::new() }, rest);
-            }
-            let body = rest[..len].to_vec();
-            return (HttpResponse { status, headers, body }, rest[len..].to_vec());
-        }
-        let r = tokio::time::timeout(PATIENCE, stream.read(&mut chunk)).await.expect("response timed out").unwrap();
-        assert!(r > 0, "eof before a response: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..r]);
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// Sends a plain HTTP GET and reads the response.
-pub async fn http_get(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    read_response(&mut s).await.0
 }
 
 /// A minimal WebSocket client built on the gateway's own sans-I/O pieces, so tests can
