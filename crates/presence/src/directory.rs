@@ -1,0 +1,48 @@
+//! What presence needs from the store, behind a trait the server implements.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// What the store knows about a user for display.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Profile {
+    /// Name shown to other users.
+    pub display_name: String,
+    /// One of the store's genders.
+    pub gender: String,
+    /// Profile photo URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selfie_url: Option<String>,
+}
+
+/// Profiles and block lists, read through the store's caches.
+///
+/// Called once per local user when they first connect (and on [`crate::PresenceHandle::refresh`]),
+/// from spawned tasks, at most `presence.directory_concurrency` at a time; never per entry or per
+/// tick. Remote users' profiles arrive on the bus from the instance that holds them.
+pub trait Directory: Send + Sync + 'static {
+    /// The store's error; logged, and a pending subscription gets `unavailable`.
+    type Error: std::fmt::Display + Send + 'static;
+
+    /// The user's display fields; `None` for a user the store does not know (shown by id).
+    fn profile(&self, user_id: &str) -> impl Future<Output = Result<Option<Profile>, Self::Error>> + Send;
+
+    /// Users blocked by, or blocking, `user_id`; they never see each other.
+    fn blocks(&self, user_id: &str) -> impl Future<Output = Result<Arc<Vec<String>>, Self::Error>> + Send;
+}
+
+/// A finished lookup.
+#[derive(Debug, Clone)]
+pub(crate) struct Lookup {
+    pub(crate) profile: Option<Profile>,
+    pub(crate) blocks: Arc<Vec<String>>,
+}
+
+/// Both halves of a lookup, or the first error as text.
+pub(crate) async fn lookup<D: Directory>(directory: &D, user_id: &str) -> Result<Lookup, String> {
+    let profile = directory.profile(user_id).await.map_err(|e| e.to_string())?;
+    let blocks = directory.blocks(user_id).await.map_err(|e| e.to_string())?;
+    Ok(Lookup { profile, blocks })
+}
