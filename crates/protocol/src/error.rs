@@ -32,6 +32,18 @@ pub enum ErrorCode {
     Unavailable,
     /// Unexpected server-side failure.
     Internal,
+    /// A domain service's command queue is full; retry shortly.
+    Busy,
+    /// A presence topic name is empty, too long, or has characters outside `[a-z0-9_.:-]`.
+    BadTopic,
+    /// A presence status text is too long or contains control characters.
+    BadStatus,
+    /// The connection already has `presence.max_subscriptions_per_connection` topics.
+    TooManySubscriptions,
+    /// The instance already tracks `presence.max_topics` topics and this one would be new.
+    TopicLimit,
+    /// `presence.unsubscribe` for a topic this connection is not subscribed to.
+    NotSubscribed,
 }
 
 /// An `error` frame: `{"type":"error","code":"…","message":"…","ref":…}`.

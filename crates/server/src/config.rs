@@ -7,6 +7,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use rendezvous_bus::BusConfig;
 use rendezvous_gateway::GatewayConfig;
+use rendezvous_presence::PresenceConfig;
 use rendezvous_store::{DatabaseConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Pub/sub between instances.
     pub bus: BusConfig,
+    /// Who is online in which topic.
+    pub presence: PresenceConfig,
 }
 
 /// Which tokens the gateway accepts besides store sessions.
@@ -213,6 +216,9 @@ pub enum ConfigError {
     /// A bus value is out of range.
     #[error(transparent)]
     Bus(#[from] rendezvous_bus::ConfigError),
+    /// A presence value is out of range.
+    #[error(transparent)]
+    Presence(#[from] rendezvous_presence::ConfigError),
     /// A value outside the gateway section is out of range.
     #[error("invalid config `{key}`: {problem}")]
     Invalid {
@@ -283,6 +289,7 @@ impl Config {
         self.database.validate()?;
         self.store.validate()?;
         self.bus.validate()?;
+        self.presence.validate()?;
         let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
         let s = &self.server.shutdown;
         for (key, v) in [
@@ -435,6 +442,7 @@ mod tests {
             (("RENDEZVOUS__MEMORY__CRITICAL_PERCENT", "50"), "memory.critical_percent"),
             (("RENDEZVOUS__STORE__QUERY_CACHE_TTL_MS", "0"), "store.query_cache_ttl_ms"),
             (("RENDEZVOUS__BUS__CAPACITY", "0"), "bus.capacity"),
+            (("RENDEZVOUS__PRESENCE__TICK_MS", "0"), "presence.tick_ms"),
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
             (("RENDEZVOUS__SERVER__SHUTDOWN__FLUSH_MS", "0"), "server.shutdown.flush_ms"),
             (("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "0"), "gateway.pending.max_sockets"),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use rendezvous_gateway::{Connection, Context, Handler, Message, SharedMessage};
+use rendezvous_presence::PresenceHandle;
 use rendezvous_protocol::{ClientMessage, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerMessage, decode_client};
 use rendezvous_store::Store;
 
@@ -14,6 +15,7 @@ pub struct ProtocolHandler {
     instance: String,
     heartbeat_interval_ms: u64,
     store: Option<Arc<Store>>,
+    presence: Option<PresenceHandle<Connection>>,
 }
 
 impl std::fmt::Debug for ProtocolHandler {
@@ -26,7 +28,13 @@ impl ProtocolHandler {
     /// A handler that introduces itself as `instance` and records activity in `store`
     /// on open and close (in between, the activity sweep reads connections' timestamps).
     pub fn new(instance: String, heartbeat_interval_ms: u64, store: Option<Arc<Store>>) -> Self {
-        Self { instance, heartbeat_interval_ms, store }
+        Self { instance, heartbeat_interval_ms, store, presence: None }
+    }
+
+    /// Serves `presence.*` messages through `presence`.
+    pub fn with_presence(mut self, presence: PresenceHandle<Connection>) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     fn touch(&self, conn: &Connection) {
@@ -60,6 +68,11 @@ impl Handler for ProtocolHandler {
                 heartbeat_interval_ms: self.heartbeat_interval_ms,
             },
         );
+        if let Some(p) = &self.presence {
+            // Starts the profile and block lookups early; a full queue only delays them
+            // to the first subscribe.
+            let _ = p.connect(conn);
+        }
         ConnState::default()
     }
 
@@ -78,12 +91,17 @@ impl Handler for ProtocolHandler {
             Ok(req) => req,
             Err(e) => return reply(conn, &ServerMessage::Error(e.to_frame())),
         };
-        match req.message {
-            ClientMessage::Ping(_) => reply(conn, &ServerMessage::Pong { id: req.id }),
-            other => {
+        // Domain handles answer refusals (`busy`, `bad_topic`, ...) on the connection
+        // themselves, so their results need no handling here.
+        match (req.message, &self.presence) {
+            (ClientMessage::Ping(_), _) => reply(conn, &ServerMessage::Pong { id: req.id }),
+            (ClientMessage::PresenceSubscribe(m), Some(p)) => drop(p.subscribe(conn, &m.topic, req.id)),
+            (ClientMessage::PresenceUnsubscribe(m), Some(p)) => drop(p.unsubscribe(conn, &m.topic, req.id)),
+            (ClientMessage::PresenceSet(m), Some(p)) => drop(p.set_state(conn, m.state, m.status, req.id)),
+            (other, None) => {
                 let e = ErrorFrame {
                     code: ErrorCode::Unavailable,
-                    message: format!("`{}` is not served by this instance yet", other.type_name()),
+                    message: format!("`{}` is not served in this mode", other.type_name()),
                     reference: req.id,
                 };
                 reply(conn, &ServerMessage::Error(e));
@@ -93,6 +111,9 @@ impl Handler for ProtocolHandler {
 
     fn on_close(&self, _cx: &Context<'_>, conn: &Connection, _state: ConnState) {
         self.touch(conn);
+        if let Some(p) = &self.presence {
+            p.disconnect(conn.id());
+        }
     }
 }
 

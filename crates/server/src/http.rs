@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rendezvous_bus::Bus;
-use rendezvous_gateway::{ConnectionStats, GatewayHandle};
+use rendezvous_gateway::{Connection, ConnectionStats, GatewayHandle};
+use rendezvous_presence::PresenceHandle;
 use rendezvous_store::{CacheStats, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -30,6 +31,8 @@ pub struct HttpParts {
     pub guard: Option<Arc<MemoryGuard>>,
     /// The bus.
     pub bus: Option<Bus>,
+    /// Presence.
+    pub presence: Option<PresenceHandle<Connection>>,
 }
 
 /// What the HTTP endpoints read from.
@@ -124,7 +127,7 @@ fn health_of(state: &HttpState) -> Health {
             not_configured.clone(),
             |s| json!({ "users": s.users, "sessions": s.sessions, "queries": s.queries }),
         ),
-        presence: not_configured.clone(),
+        presence: state.parts.presence.as_ref().map_or(not_configured.clone(), |p| json!(p.stats())),
         matchmaking: not_configured.clone(),
         bus: state.parts.bus.as_ref().map_or(not_configured.clone(), |b| json!(b.health())),
         db: store
@@ -235,6 +238,33 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             s.pool.acquire_wait_max_us as f64 / 1e6,
         );
         p.gauge("write_behind_pending", "users whose last_active awaits writing", s.activity.pending as f64);
+    }
+    if let Some(presence) = &state.parts.presence {
+        let s = presence.stats();
+        p.gauge("presence_topics", "presence topics tracked", s.topics as f64);
+        p.gauge("presence_subscribers", "presence subscriptions of local connections", s.subscribers as f64);
+        p.gauge("presence_local_users", "users connected here or in their offline grace", s.local_users as f64);
+        p.gauge("presence_peers", "other instances heard on the bus", s.peers as f64);
+        p.gauge("presence_entries_changed_per_second", "entries published per second", s.entries_changed_per_sec);
+        p.counter("presence_entries_changed_total", "entries published to subscribers", s.entries_changed_total);
+        p.counter("presence_changes_coalesced_total", "changes superseded within a tick", s.changes_coalesced_total);
+        p.counter(
+            "presence_batches_total",
+            "messages serialized (one per topic per tick, plus filtered copies)",
+            s.batches_total,
+        );
+        p.counter("presence_messages_sent_total", "presence messages queued to connections", s.messages_sent_total);
+        p.counter("presence_bytes_sent_total", "presence bytes queued before compression", s.bytes_sent_total);
+        p.counter("presence_filtered_copies_total", "batches copied and filtered for blocks", s.filtered_copies_total);
+        p.counter(
+            "presence_send_failures_total",
+            "sends refused by closing or slow connections",
+            s.send_failures_total,
+        );
+        p.counter("presence_busy_total", "requests refused with busy", s.busy_total);
+        p.counter("presence_resyncs_total", "full-state requests after a gap", s.resyncs_total);
+        p.counter("presence_bus_dropped_total", "bus publications dropped", s.bus_dropped_total);
+        p.gauge("presence_tick_p99_seconds", "99th percentile tick duration", s.tick_p99_us as f64 / 1e6);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], p.0).into_response()
 }

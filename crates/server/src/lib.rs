@@ -15,6 +15,7 @@ mod api;
 mod auth;
 mod config;
 mod descriptors;
+mod directory;
 mod guard;
 mod handlers;
 mod http;
@@ -25,8 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use directory::StoreDirectory;
 use rendezvous_bus::Bus;
-use rendezvous_gateway::{AdmissionCheck, Authenticator, Gateway, GatewayHandle, Handler};
+use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler};
+use rendezvous_presence::Presence;
 use rendezvous_protocol::CloseCode;
 use rendezvous_store::{Revocation, Store};
 use tokio::net::TcpListener;
@@ -118,7 +121,7 @@ impl Server {
         shutdown: &Shutdown,
         on_ready: impl FnOnce(Running) + Send,
     ) -> anyhow::Result<()> {
-        let http = HttpParts { instance: self.instance.clone(), store: None, guard: None, bus: None };
+        let http = HttpParts { instance: self.instance.clone(), store: None, guard: None, bus: None, presence: None };
         let gateway = Gateway::new(self.config.gateway.clone(), AnonymousAuthenticator::default(), EchoHandler)?;
         on_ready(Running { gateway: gateway.handle(), store: None });
         serve_gateway(gateway, listener, http, axum::Router::new(), shutdown).await
@@ -164,8 +167,22 @@ impl Server {
             Duration::from_millis(cfg.store.activity_flush_ms),
             phases.domain.token(),
         ));
+        let presence = match Presence::spawn::<Connection, _>(
+            cfg.presence.clone(),
+            bus.clone(),
+            StoreDirectory(store.clone()),
+            phases.domain.token(),
+            phases.domain.tasks(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+                return Err(e.into());
+            }
+        };
         let handler =
-            ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()));
+            ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()))
+                .with_presence(presence.clone());
         let gateway = builder.build(auth, handler);
         let revoked = close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
         phases.domain.tasks().spawn(revoked);
@@ -174,6 +191,7 @@ impl Server {
             store: Some(store.clone()),
             guard: Some(guard),
             bus: Some(bus),
+            presence: Some(presence),
         };
         let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
         on_ready(Running { gateway: gateway.handle(), store: Some(store.clone()) });
