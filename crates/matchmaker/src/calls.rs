@@ -28,6 +28,14 @@ impl<O: Outbox> Task<O> {
                     self.reply_error(&user, conn_id, ErrorCode::NoSuchProposal, "proposal is over", req).await;
                 }
             }
+            PairCmd::Leave { proposal_id } => {
+                if !self.decline(&user, &proposal_id, CancelReason::PeerDeclined).await
+                    && self.deps.queue.leave(&user).await.unwrap_or(false)
+                {
+                    // The peer declined first and this user was requeued: the leave still holds.
+                    self.send_to_user(&user, Note::ProposalEnded { requeued: false }, String::new()).await;
+                }
+            }
             PairCmd::Signal { call_id, kind, payload } => {
                 let Some(k) = self.party(&call_id, &user) else {
                     return self.reply_error(&user, conn_id, ErrorCode::NoSuchCall, "call is over", req).await;

@@ -252,7 +252,7 @@ impl<O: Outbox> Task<O> {
             }
             Some(UserStatus::Engaged(e)) if e.kind == EngagementKind::Proposal => {
                 // Leaving while a proposal is pending declines it.
-                let cmd = PairCmd::Decline { proposal_id: e.id };
+                let cmd = PairCmd::Leave { proposal_id: e.id };
                 self.send_to_coord(&e.coordinator, &user, conn.id(), None, cmd).await;
                 send_frame(&conn, &MatchEvent::Left { id: req, reason: None }.to_json());
             }
@@ -362,6 +362,9 @@ impl<O: Outbox> Task<O> {
             }
         }
         let Some(local) = self.users.get(user) else { return };
+        if frame.is_empty() {
+            return; // a note without a frame
+        }
         let msg = rendezvous_gateway::SharedMessage::text(frame);
         for c in local.conns.iter().filter(|c| only.is_none_or(|id| c.id() == id)) {
             let _ = c.send(&msg);

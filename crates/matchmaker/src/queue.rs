@@ -173,9 +173,12 @@ impl Table {
         self.users.insert(entry.user_id().to_owned(), Slot::Queued { entry, key });
     }
 
+    /// Removes `user` from the queue; an engaged user stays engaged.
     fn unqueue(&mut self, user: &str) {
-        if let Some(Slot::Queued { key, .. }) = self.users.remove(user) {
+        if let Some(Slot::Queued { key, .. }) = self.users.get(user) {
+            let key = *key;
             self.order.remove(&key);
+            self.users.remove(user);
         }
     }
 

@@ -62,6 +62,11 @@ pub(crate) enum PairCmd {
     Decline {
         proposal_id: String,
     },
+    /// `match.leave` during the proposal: a decline, or leaving the queue if a
+    /// requeue overtook it.
+    Leave {
+        proposal_id: String,
+    },
     Signal {
         call_id: String,
         kind: SignalKind,

@@ -110,6 +110,19 @@ fn bans_stop_claims_until_they_expire_and_blocks_stop_invites() {
 }
 
 #[test]
+fn leaving_never_frees_an_engaged_user() {
+    // Found by the randomized test: `leave` of a user in a call used to drop the call's
+    // engagement, so the user could be matched into a second call.
+    let q = InProcessQueue::new();
+    block_on(q.enqueue(entry("a", "male", 1)));
+    block_on(q.enqueue(entry("b", "male", 2)));
+    assert!(block_on(q.claim("a", "b", eng("p"), 0)));
+    assert!(!block_on(q.leave("a")));
+    assert_eq!(block_on(q.status("a")), UserStatus::Engaged(eng("p")));
+    assert_eq!(block_on(q.enqueue(entry("a", "male", 3))), JoinOutcome::Engaged(eng("p")));
+}
+
+#[test]
 fn engage_pair_refuses_engaged_users_and_rebind_moves_them() {
     let q = InProcessQueue::new();
     block_on(q.enqueue(entry("a", "male", 1)));
