@@ -37,6 +37,12 @@ impl<O: Outbox> Task<O> {
         if local.outgoing.len() >= max_pending {
             return send_error(&conn, ErrorCode::RateLimited, format!("at most {max_pending} pending invites"), req);
         }
+        if let Ok(crate::queue::UserStatus::Engaged(e)) = self.deps.queue.status(&user).await {
+            if e.kind != EngagementKind::Proposal {
+                return send_error(&conn, ErrorCode::InCall, "you are in a call", req);
+            }
+        }
+        let Some(local) = self.users.get_mut(&user) else { return };
         if self.loads >= self.cfg.max_pending_lookups {
             return send_error(&conn, ErrorCode::Busy, "matchmaking is busy; retry shortly", req);
         }

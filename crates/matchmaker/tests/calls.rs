@@ -264,3 +264,71 @@ async fn a_full_command_queue_answers_busy() {
     assert_eq!(frame.code, rendezvous_protocol::ErrorCode::Busy);
     assert!(cl.handles[0].stats().rejected_busy >= 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_party_no_instance_knows_is_swept_into_its_grace() {
+    use rendezvous_matchmaker::Locator;
+    let mut cl = Cluster::new(2, test_config()).await;
+    let (mut a, _b, _call) = in_call(&mut cl, 0, 1).await;
+    // b's instance vanished without a word (a crash, a lost message): only the locator says so.
+    cl.locator.unbind("b", "i1").await.unwrap();
+    a.expect("call.peer_reconnecting").await;
+    let e = a.expect("call.ended").await;
+    assert_eq!((e["reason"].as_str(), e["ended_by"].as_str()), (Some("disconnect"), Some("b")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn directory_failures_answer_unavailable_and_strand_nobody() {
+    use std::sync::atomic::Ordering;
+    let mut cl = Cluster::new(1, test_config()).await;
+    let mut a = cl.user(0, "a", "female");
+    let mut b = cl.user(0, "b", "male");
+    cl.dir.fail.store(true, Ordering::Relaxed);
+    a.h.join(&a.conn, None, MatchJoin::default()).unwrap();
+    a.expect_error("unavailable").await;
+    cl.dir.fail.store(false, Ordering::Relaxed);
+    for c in [&a, &b] {
+        c.h.join(&c.conn, None, MatchJoin::default()).unwrap();
+    }
+    a.expect("match.queued").await;
+    b.expect("match.queued").await;
+    let pa = a.expect("match.proposed").await;
+    let pb = b.expect("match.proposed").await;
+    // The call cannot be written: both are told and freed.
+    cl.dir.fail.store(true, Ordering::Relaxed);
+    for (c, p) in [(&a, &pa), (&b, &pb)] {
+        let proposal_id = p["proposal_id"].as_str().unwrap().to_owned();
+        c.h.accept(&c.conn, None, MatchAccept { proposal_id }).unwrap();
+    }
+    for c in [&mut a, &mut b] {
+        let m = c.expect("match.cancelled").await;
+        assert_eq!((m["reason"].as_str(), m["requeued"].as_bool()), (Some("unavailable"), Some(false)));
+    }
+    assert!(cl.queue.snapshot().is_empty(), "{:?}", cl.queue.snapshot());
+    assert!(cl.handles[0].stats().directory_errors >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_block_keeps_the_pair_apart_even_without_a_cooldown() {
+    let cfg = MatchmakerConfig { cooldown_ms: 0, ..test_config() };
+    let mut cl = Cluster::new(2, cfg).await;
+    let (mut a, mut b, call) = in_call(&mut cl, 0, 1).await;
+    // Inviting or joining during a call is refused.
+    a.h.invite(&a.conn, None, rendezvous_protocol::InviteSend { user_id: "b".into() }).unwrap();
+    a.expect_error("in_call").await;
+    hangup(&a, &call);
+    a.expect("call.ended").await;
+    b.expect("call.ended").await;
+    a.h.block(&a.conn, None, CallBlock { user_id: "b".into() }).unwrap();
+    a.expect("call.blocked").await;
+    for c in [&a, &b] {
+        c.h.join(&c.conn, None, MatchJoin::default()).unwrap();
+    }
+    a.expect("match.queued").await;
+    b.expect("match.queued").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    a.expect_nothing().await;
+    b.expect_nothing().await;
+    b.h.invite(&b.conn, None, rendezvous_protocol::InviteSend { user_id: "a".into() }).unwrap();
+    b.expect_error("user_unavailable").await;
+}

@@ -283,3 +283,48 @@ async fn blocks_and_cooldowns_keep_pairs_apart() {
     b.expect_nothing().await;
     assert!(cl.dir.queries.load(std::sync::atomic::Ordering::Relaxed) < 20, "scans do not query the directory");
 }
+
+#[tokio::test(start_paused = true)]
+async fn leaving_during_a_proposal_declines_it() {
+    let mut cl = Cluster::new(1, test_config()).await;
+    let mut a = cl.user(0, "a", "female");
+    let mut b = cl.user(0, "b", "male");
+    join(&a);
+    a.expect("match.queued").await;
+    join(&b);
+    b.expect("match.queued").await;
+    a.expect("match.proposed").await;
+    b.expect("match.proposed").await;
+    b.h.leave(&b.conn, Some(RequestId::Number(4))).unwrap();
+    assert_eq!(b.expect("match.left").await["id"], 4);
+    assert_eq!(b.expect("match.cancelled").await["reason"], "declined");
+    let ca = a.expect("match.cancelled").await;
+    assert_eq!((ca["reason"].as_str(), ca["requeued"].as_bool()), (Some("peer_declined"), Some(true)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_during_a_proposal_gets_it_again_on_any_instance() {
+    let mut cl = Cluster::new(2, test_config()).await;
+    let mut a = cl.user(0, "a", "female");
+    let mut b = cl.user(1, "b", "male");
+    join(&a);
+    a.expect("match.queued").await;
+    join(&b);
+    b.expect("match.queued").await;
+    let p = a.expect("match.proposed").await;
+    b.expect("match.proposed").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // b opens a second connection elsewhere, then the first one closes: not a disconnect.
+    let mut b2 = cl.client(0, "b");
+    let again = b2.expect("match.proposed").await;
+    assert_eq!(again["proposal_id"], p["proposal_id"]);
+    let left = again["deadline_ms"].as_u64().unwrap();
+    assert!((9_000..=10_000).contains(&left), "{left}");
+    b.disconnect();
+    settle().await;
+    a.expect_nothing().await;
+    accept(&a, &p);
+    accept(&b2, &again);
+    a.expect("match.confirmed").await;
+    b2.expect("match.confirmed").await;
+}
