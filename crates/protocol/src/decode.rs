@@ -187,6 +187,31 @@ mod tests {
             PresenceSubscribe { topic: "lobby".into() }.into(),
             PresenceUnsubscribe { topic: "lobby".into() }.into(),
             PresenceSet { state: Some(SettableState::Away), status: Some("brb".into()) }.into(),
+            MatchJoin {
+                prefs: MatchPrefs {
+                    genders: Some(vec!["female".into()]),
+                    region: Some("eu".into()),
+                    topic: Some("music".into()),
+                },
+            }
+            .into(),
+            MatchLeave {}.into(),
+            MatchAccept { proposal_id: "p1".into() }.into(),
+            MatchDecline { proposal_id: "p1".into() }.into(),
+            InviteSend { user_id: "u2".into() }.into(),
+            InviteAccept { invite_id: "i1".into() }.into(),
+            InviteDecline { invite_id: "i1".into() }.into(),
+            InviteCancel { invite_id: "i1".into() }.into(),
+            CallSignal {
+                call_id: "c1".into(),
+                kind: SignalKind::Ice,
+                payload: serde_json::json!({"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host"}),
+            }
+            .into(),
+            CallHangup { call_id: "c1".into() }.into(),
+            CallBlock { user_id: "u2".into() }.into(),
+            CallReport { user_id: "u2".into(), reason: ReportReason::Spam, text: Some("bot".into()) }.into(),
+            IceServers {}.into(),
         ];
         let mut seen: Vec<&str> = samples.iter().map(|m| m.type_name()).collect();
         seen.sort_unstable();
@@ -208,6 +233,19 @@ mod tests {
         assert!(e.message.contains("state"), "{}", e.message);
         let e = decode_client(r#"{"type":"presence.subscribe"}"#).unwrap_err();
         assert!(e.message.contains("topic"), "{}", e.message);
+    }
+
+    #[test]
+    fn matchmaking_fields_are_checked() {
+        let e = decode_client(r#"{"type":"call.signal","call_id":"c","kind":"sdp","payload":{}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadField);
+        assert!(e.message.contains("kind"), "{}", e.message);
+        let e = decode_client(r#"{"type":"match.join","prefs":{"age":3}}"#).unwrap_err();
+        assert!(e.message.contains("prefs"), "{}", e.message);
+        let e = decode_client(r#"{"type":"call.report","user_id":"u","reason":"rude"}"#).unwrap_err();
+        assert!(e.message.contains("reason"), "{}", e.message);
+        let join = decode_client(r#"{"type":"match.join"}"#).unwrap();
+        assert_eq!(join.message, ClientMessage::MatchJoin(crate::MatchJoin::default()));
     }
 
     proptest::proptest! {

@@ -44,6 +44,27 @@ pub enum ErrorCode {
     TopicLimit,
     /// `presence.unsubscribe` for a topic this connection is not subscribed to.
     NotSubscribed,
+    /// `match.join` while already queued or in a pending proposal.
+    AlreadyQueued,
+    /// `match.leave` while not queued.
+    NotQueued,
+    /// The request needs the user out of a call (`match.join`, `invite.send` during a call).
+    InCall,
+    /// The proposal is unknown, expired, already settled, or not this user's.
+    NoSuchProposal,
+    /// The invite is unknown, expired, already answered, or not this user's.
+    NoSuchInvite,
+    /// The call is unknown, over, or not this user's (signaling, hangup).
+    NoSuchCall,
+    /// The invited user cannot be invited now (offline, busy, away, blocked, or oneself);
+    /// deliberately one code, so a block is indistinguishable from being offline.
+    UserUnavailable,
+    /// The user is banned and cannot be matched.
+    Banned,
+    /// `call.block` / `call.report` name someone this user had no recent call with.
+    NotAPeer,
+    /// A `call.signal` payload is over `matchmaking.max_signal_bytes`.
+    PayloadTooLarge,
 }
 
 /// An `error` frame: `{"type":"error","code":"…","message":"…","ref":…}`.

@@ -18,8 +18,9 @@ pub use close::CloseCode;
 pub use decode::{DecodeError, decode_client};
 pub use error::{ErrorCode, ErrorFrame};
 pub use message::{
-    ClientMessage, Ping, PresenceSet, PresenceSubscribe, PresenceUnsubscribe, Request, RequestId, ServerMessage,
-    SettableState,
+    CallBlock, CallHangup, CallReport, CallSignal, ClientMessage, IceServers, InviteAccept, InviteCancel,
+    InviteDecline, InviteSend, MatchAccept, MatchDecline, MatchJoin, MatchLeave, MatchPrefs, Ping, PresenceSet,
+    PresenceSubscribe, PresenceUnsubscribe, ReportReason, Request, RequestId, ServerMessage, SettableState, SignalKind,
 };
 
 /// The protocol version this build speaks; a message carrying another `v` is refused.

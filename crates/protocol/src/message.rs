@@ -107,6 +107,150 @@ client_messages! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         status: Option<String>,
     }
+
+    /// Join the matchmaking queue; answered with `match.queued`, later `match.proposed`.
+    "match.join" => MatchJoin {
+        /// Whom the user wants to meet; absent means anyone.
+        #[serde(default)]
+        prefs: MatchPrefs,
+    }
+
+    /// Leave the queue (or decline the pending proposal); answered with `match.left`.
+    "match.leave" => MatchLeave {}
+
+    /// Accept a `match.proposed`; both accepting starts the call (`match.confirmed`).
+    "match.accept" => MatchAccept {
+        /// The `proposal_id` of the `match.proposed`.
+        proposal_id: String,
+    }
+
+    /// Decline a `match.proposed`: the peer goes back to the front of the queue, this user leaves it.
+    "match.decline" => MatchDecline {
+        /// The `proposal_id` of the `match.proposed`.
+        proposal_id: String,
+    }
+
+    /// Invite an available user to a call; answered with `invite.sent`.
+    "invite.send" => InviteSend {
+        /// The invited user.
+        user_id: String,
+    }
+
+    /// Accept an `invite.received`; starts the call (`match.confirmed`).
+    "invite.accept" => InviteAccept {
+        /// The `invite_id` of the `invite.received`.
+        invite_id: String,
+    }
+
+    /// Decline an `invite.received`.
+    "invite.decline" => InviteDecline {
+        /// The `invite_id` of the `invite.received`.
+        invite_id: String,
+    }
+
+    /// Withdraw an invite this user sent.
+    "invite.cancel" => InviteCancel {
+        /// The `invite_id` of the `invite.sent`.
+        invite_id: String,
+    }
+
+    /// WebRTC signaling for the peer of an active call, relayed in order.
+    "call.signal" => CallSignal {
+        /// The `call_id` of `match.confirmed`.
+        call_id: String,
+        /// `offer`, `answer` or `ice`.
+        kind: SignalKind,
+        /// The SDP or ICE candidate as JSON; at most `matchmaking.max_signal_bytes` serialized.
+        payload: serde_json::Value,
+    }
+
+    /// End an active call; both sides get `call.ended`.
+    "call.hangup" => CallHangup {
+        /// The call to end.
+        call_id: String,
+    }
+
+    /// Block a user this user had a call with: they are never matched again and their
+    /// invites fail; answered with `call.blocked`.
+    "call.block" => CallBlock {
+        /// The peer to block.
+        user_id: String,
+    }
+
+    /// Report a user this user had a call with; answered with `call.reported`.
+    "call.report" => CallReport {
+        /// The peer to report.
+        user_id: String,
+        /// One of the fixed reasons.
+        reason: ReportReason,
+        /// Up to 500 characters of explanation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    }
+
+    /// Ask for STUN/TURN servers; answered with `ice.servers` (TURN credentials expire).
+    "ice.servers" => IceServers {}
+}
+
+/// Whom a user wants to meet. Two users match when each one's preferences hold for the other.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchPrefs {
+    /// Genders the user wants to meet (1–8 of the profile genders); absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genders: Option<Vec<String>>,
+    /// Only meet users who chose the same region (1–32 of `[a-z0-9_-]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Only meet users who chose the same topic (1–32 of `[a-z0-9_-]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// What a `call.signal` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// An SDP offer.
+    #[default]
+    Offer,
+    /// An SDP answer.
+    Answer,
+    /// An ICE candidate.
+    Ice,
+}
+
+/// Why a user reports another; the fixed list the app backend reviews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportReason {
+    /// Insults, threats, unwanted advances.
+    Harassment,
+    /// Sexual content or nudity.
+    Nudity,
+    /// Advertising, scams, bots.
+    Spam,
+    /// The user appears to be a minor.
+    Underage,
+    /// Violence or self-harm.
+    Violence,
+    /// Anything else; say what in `text`.
+    #[default]
+    Other,
+}
+
+impl ReportReason {
+    /// The wire name, as stored with the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportReason::Harassment => "harassment",
+            ReportReason::Nudity => "nudity",
+            ReportReason::Spam => "spam",
+            ReportReason::Underage => "underage",
+            ReportReason::Violence => "violence",
+            ReportReason::Other => "other",
+        }
+    }
 }
 
 /// The presence states a client may choose; the server sets the others.

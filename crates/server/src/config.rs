@@ -7,6 +7,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use rendezvous_bus::BusConfig;
 use rendezvous_gateway::GatewayConfig;
+use rendezvous_matchmaker::MatchmakerConfig;
 use rendezvous_presence::PresenceConfig;
 use rendezvous_store::{DatabaseConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// Who is online in which topic.
     pub presence: PresenceConfig,
+    /// Queue, proposals, invites, signaling and calls.
+    pub matchmaking: MatchmakerConfig,
 }
 
 /// Which tokens the gateway accepts besides store sessions.
@@ -219,6 +222,9 @@ pub enum ConfigError {
     /// A presence value is out of range.
     #[error(transparent)]
     Presence(#[from] rendezvous_presence::ConfigError),
+    /// A matchmaking value is out of range.
+    #[error(transparent)]
+    Matchmaking(#[from] rendezvous_matchmaker::ConfigError),
     /// A value outside the gateway section is out of range.
     #[error("invalid config `{key}`: {problem}")]
     Invalid {
@@ -290,6 +296,7 @@ impl Config {
         self.store.validate()?;
         self.bus.validate()?;
         self.presence.validate()?;
+        self.matchmaking.validate()?;
         let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
         let s = &self.server.shutdown;
         for (key, v) in [
@@ -443,6 +450,7 @@ mod tests {
             (("RENDEZVOUS__STORE__QUERY_CACHE_TTL_MS", "0"), "store.query_cache_ttl_ms"),
             (("RENDEZVOUS__BUS__CAPACITY", "0"), "bus.capacity"),
             (("RENDEZVOUS__PRESENCE__TICK_MS", "0"), "presence.tick_ms"),
+            (("RENDEZVOUS__MATCHMAKING__PROPOSAL_TIMEOUT_MS", "0"), "matchmaking.proposal_timeout_ms"),
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
             (("RENDEZVOUS__SERVER__SHUTDOWN__FLUSH_MS", "0"), "server.shutdown.flush_ms"),
             (("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "0"), "gateway.pending.max_sockets"),

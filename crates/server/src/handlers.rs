@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
+use dashmap::DashSet;
 use rendezvous_gateway::{Connection, Context, Handler, Message, SharedMessage};
+use rendezvous_matchmaker::{MatchError, MatchmakerHandle};
 use rendezvous_presence::PresenceHandle;
+use rendezvous_protocol::SettableState;
 use rendezvous_protocol::{ClientMessage, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerMessage, decode_client};
 use rendezvous_store::Store;
 
@@ -16,6 +19,9 @@ pub struct ProtocolHandler {
     heartbeat_interval_ms: u64,
     store: Option<Arc<Store>>,
     presence: Option<PresenceHandle<Connection>>,
+    matchmaker: Option<MatchmakerHandle<Connection>>,
+    /// Local users who chose `away` (matchmaking refuses invites to them).
+    away: Arc<DashSet<String>>,
 }
 
 impl std::fmt::Debug for ProtocolHandler {
@@ -28,7 +34,18 @@ impl ProtocolHandler {
     /// A handler that introduces itself as `instance` and records activity in `store`
     /// on open and close (in between, the activity sweep reads connections' timestamps).
     pub fn new(instance: String, heartbeat_interval_ms: u64, store: Option<Arc<Store>>) -> Self {
-        Self { instance, heartbeat_interval_ms, store, presence: None }
+        Self { instance, heartbeat_interval_ms, store, presence: None, matchmaker: None, away: Arc::default() }
+    }
+
+    /// Serves `match.*`, `invite.*`, `call.*` and `ice.servers` through `matchmaker`.
+    pub fn with_matchmaker(mut self, matchmaker: MatchmakerHandle<Connection>) -> Self {
+        self.matchmaker = Some(matchmaker);
+        self
+    }
+
+    /// The users of this instance who chose `away`, shared with matchmaking.
+    pub fn away_users(&self) -> Arc<DashSet<String>> {
+        self.away.clone()
     }
 
     /// Serves `presence.*` messages through `presence`.
@@ -73,6 +90,11 @@ impl Handler for ProtocolHandler {
             // to the first subscribe.
             let _ = p.connect(conn);
         }
+        if let Some(m) = &self.matchmaker {
+            if let Err(e) = m.connect(conn.clone()) {
+                reply(conn, &ServerMessage::Error(e.to_frame(None)));
+            }
+        }
         ConnState::default()
     }
 
@@ -91,21 +113,63 @@ impl Handler for ProtocolHandler {
             Ok(req) => req,
             Err(e) => return reply(conn, &ServerMessage::Error(e.to_frame())),
         };
-        // Domain handles answer refusals (`busy`, `bad_topic`, ...) on the connection
-        // themselves, so their results need no handling here.
-        match (req.message, &self.presence) {
-            (ClientMessage::Ping(_), _) => reply(conn, &ServerMessage::Pong { id: req.id }),
-            (ClientMessage::PresenceSubscribe(m), Some(p)) => drop(p.subscribe(conn, &m.topic, req.id)),
-            (ClientMessage::PresenceUnsubscribe(m), Some(p)) => drop(p.unsubscribe(conn, &m.topic, req.id)),
-            (ClientMessage::PresenceSet(m), Some(p)) => drop(p.set_state(conn, m.state, m.status, req.id)),
-            (other, None) => {
-                let e = ErrorFrame {
-                    code: ErrorCode::Unavailable,
-                    message: format!("`{}` is not served in this mode", other.type_name()),
-                    reference: req.id,
-                };
-                reply(conn, &ServerMessage::Error(e));
+        let id = req.id;
+        if let ClientMessage::PresenceSet(m) = &req.message {
+            match m.state {
+                Some(SettableState::Away) => drop(self.away.insert(conn.user_id().to_owned())),
+                Some(SettableState::Available) => drop(self.away.remove(conn.user_id())),
+                None => {}
             }
+        }
+        // Presence answers its refusals (`busy`, `bad_topic`, ...) on the connection itself;
+        // matchmaking returns them for us to send.
+        let unserved = |name: &str, id| {
+            let message = format!("`{name}` is not served in this mode");
+            reply(conn, &ServerMessage::Error(ErrorFrame { code: ErrorCode::Unavailable, message, reference: id }));
+        };
+        let matched: Result<(), MatchError> = match req.message {
+            ClientMessage::Ping(_) => return reply(conn, &ServerMessage::Pong { id }),
+            m @ (ClientMessage::PresenceSubscribe(_)
+            | ClientMessage::PresenceUnsubscribe(_)
+            | ClientMessage::PresenceSet(_)) => {
+                let Some(p) = &self.presence else { return unserved(m.type_name(), id) };
+                let _ = match m {
+                    ClientMessage::PresenceSubscribe(m) => p.subscribe(conn, &m.topic, id),
+                    ClientMessage::PresenceUnsubscribe(m) => p.unsubscribe(conn, &m.topic, id),
+                    ClientMessage::PresenceSet(m) => p.set_state(conn, m.state, m.status, id),
+                    _ => Ok(()),
+                };
+                return;
+            }
+            other => {
+                let Some(mm) = &self.matchmaker else { return unserved(other.type_name(), id) };
+                let rid = id.clone();
+                match other {
+                    ClientMessage::MatchJoin(m) => mm.join(conn, rid, m),
+                    ClientMessage::MatchLeave(_) => mm.leave(conn, rid),
+                    ClientMessage::MatchAccept(m) => mm.accept(conn, rid, m),
+                    ClientMessage::MatchDecline(m) => mm.decline(conn, rid, m),
+                    ClientMessage::InviteSend(m) => mm.invite(conn, rid, m),
+                    ClientMessage::InviteAccept(m) => mm.invite_accept(conn, rid, m),
+                    ClientMessage::InviteDecline(m) => mm.invite_decline(conn, rid, m),
+                    ClientMessage::InviteCancel(m) => mm.invite_cancel(conn, rid, m),
+                    ClientMessage::CallSignal(m) => mm.signal(conn, rid, m),
+                    ClientMessage::CallHangup(m) => mm.hangup(conn, rid, m),
+                    ClientMessage::CallBlock(m) => mm.block(conn, rid, m),
+                    ClientMessage::CallReport(m) => mm.report(conn, rid, m),
+                    ClientMessage::IceServers(_) => {
+                        mm.ice_servers(conn, rid);
+                        Ok(())
+                    }
+                    ClientMessage::Ping(_)
+                    | ClientMessage::PresenceSubscribe(_)
+                    | ClientMessage::PresenceUnsubscribe(_)
+                    | ClientMessage::PresenceSet(_) => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = matched {
+            reply(conn, &ServerMessage::Error(e.to_frame(id)));
         }
     }
 
@@ -113,6 +177,10 @@ impl Handler for ProtocolHandler {
         self.touch(conn);
         if let Some(p) = &self.presence {
             p.disconnect(conn.id());
+        }
+        if let Some(m) = &self.matchmaker {
+            // Fails only after shutdown, when there is nothing left to tell.
+            let _ = m.disconnect(conn.id(), conn.user_id());
         }
     }
 }

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use rendezvous_bus::Bus;
 use rendezvous_gateway::{Connection, ConnectionStats, GatewayHandle};
+use rendezvous_matchmaker::MatchmakerHandle;
 use rendezvous_presence::PresenceHandle;
 use rendezvous_store::{CacheStats, Store};
 use serde::Serialize;
@@ -33,6 +34,8 @@ pub struct HttpParts {
     pub bus: Option<Bus>,
     /// Presence.
     pub presence: Option<PresenceHandle<Connection>>,
+    /// Matchmaking.
+    pub matchmaker: Option<MatchmakerHandle<Connection>>,
 }
 
 /// What the HTTP endpoints read from.
@@ -128,7 +131,7 @@ fn health_of(state: &HttpState) -> Health {
             |s| json!({ "users": s.users, "sessions": s.sessions, "queries": s.queries }),
         ),
         presence: state.parts.presence.as_ref().map_or(not_configured.clone(), |p| json!(p.stats())),
-        matchmaking: not_configured.clone(),
+        matchmaking: state.parts.matchmaker.as_ref().map_or(not_configured.clone(), |m| json!(m.stats())),
         bus: state.parts.bus.as_ref().map_or(not_configured.clone(), |b| json!(b.health())),
         db: store
             .as_ref()
@@ -265,6 +268,37 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         p.counter("presence_resyncs_total", "full-state requests after a gap", s.resyncs_total);
         p.counter("presence_bus_dropped_total", "bus publications dropped", s.bus_dropped_total);
         p.gauge("presence_tick_p99_seconds", "99th percentile tick duration", s.tick_p99_us as f64 / 1e6);
+    }
+    if let Some(m) = &state.parts.matchmaker {
+        let s = m.stats();
+        p.gauge("match_queue_length", "users waiting in the shared queue", s.queue_length as f64);
+        p.gauge(
+            "match_wait_p50_seconds",
+            "median queue wait of recent matches",
+            s.wait_ms_p50.unwrap_or(0) as f64 / 1e3,
+        );
+        p.gauge(
+            "match_wait_p99_seconds",
+            "99th percentile queue wait of recent matches",
+            s.wait_ms_p99.unwrap_or(0) as f64 / 1e3,
+        );
+        p.gauge(
+            "matches_per_minute",
+            "proposals made by this instance in the last minute",
+            s.matches_per_minute as f64,
+        );
+        p.counter("match_proposals_total", "proposals made", s.proposals.made);
+        p.counter("match_proposals_accepted_total", "proposals both sides accepted", s.proposals.accepted);
+        p.counter("match_proposals_declined_total", "proposals declined", s.proposals.declined);
+        p.counter("match_proposals_expired_total", "proposals that missed their deadline", s.proposals.expired);
+        p.counter("invites_sent_total", "invites sent", s.invites.sent);
+        p.counter("invites_accepted_total", "invites accepted", s.invites.accepted);
+        p.gauge("calls_active", "calls coordinated by this instance", s.active_calls as f64);
+        p.counter("calls_started_total", "calls started", s.calls_started);
+        p.counter("calls_ended_total", "calls ended", s.calls_ended);
+        p.counter("signals_relayed_total", "signaling messages relayed", s.signals_relayed);
+        p.counter("match_directory_errors_total", "store lookups that failed", s.directory_errors);
+        p.counter("match_busy_total", "requests refused with busy", s.rejected_busy);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], p.0).into_response()
 }

@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use directory::StoreDirectory;
+use directory::{PresenceActivity, StoreDirectory};
 use rendezvous_bus::Bus;
 use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler};
+use rendezvous_matchmaker::{InProcessLocator, InProcessQueue, Locator, MatchQueue, Matchmaker, MatchmakerDeps};
 use rendezvous_presence::Presence;
 use rendezvous_protocol::CloseCode;
 use rendezvous_store::{Revocation, Store};
@@ -68,12 +69,39 @@ pub struct Running {
     pub store: Option<Arc<Store>>,
 }
 
+/// The state several instances in one process share (tests): the in-process bus and
+/// matchmaking's queue and user registry. Redis plays this part across processes.
+#[derive(Clone)]
+pub struct LocalCluster {
+    bus: Bus,
+    queue: Arc<dyn MatchQueue>,
+    locator: Arc<dyn Locator>,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster").finish_non_exhaustive()
+    }
+}
+
+impl LocalCluster {
+    /// A fresh in-process cluster.
+    pub fn new(bus: &rendezvous_bus::BusConfig) -> Self {
+        Self {
+            bus: Bus::in_process("cluster", bus),
+            queue: Arc::new(InProcessQueue::new()),
+            locator: Arc::new(InProcessLocator::new()),
+        }
+    }
+}
+
 /// A configured server, ready to serve a listener.
 #[derive(Debug)]
 pub struct Server {
     config: Config,
     mode: Mode,
     instance: Arc<str>,
+    cluster: Option<LocalCluster>,
 }
 
 impl Server {
@@ -90,7 +118,13 @@ impl Server {
             g.connect_rate.per_second = 0;
         }
         let instance = Arc::from(instance_name(&config.server.instance_id));
-        Self { config, mode, instance }
+        Self { config, mode, instance, cluster: None }
+    }
+
+    /// Joins an in-process cluster instead of standing alone (several instances in one test).
+    pub fn in_cluster(mut self, cluster: LocalCluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Serves `listener` until `shutdown` begins, then stops in order, each step bounded:
@@ -121,7 +155,14 @@ impl Server {
         shutdown: &Shutdown,
         on_ready: impl FnOnce(Running) + Send,
     ) -> anyhow::Result<()> {
-        let http = HttpParts { instance: self.instance.clone(), store: None, guard: None, bus: None, presence: None };
+        let http = HttpParts {
+            instance: self.instance.clone(),
+            store: None,
+            guard: None,
+            bus: None,
+            presence: None,
+            matchmaker: None,
+        };
         let gateway = Gateway::new(self.config.gateway.clone(), AnonymousAuthenticator::default(), EchoHandler)?;
         on_ready(Running { gateway: gateway.handle(), store: None });
         serve_gateway(gateway, listener, http, axum::Router::new(), shutdown).await
@@ -134,7 +175,8 @@ impl Server {
         on_ready: impl FnOnce(Running) + Send,
     ) -> anyhow::Result<()> {
         let cfg = &self.config;
-        let bus = Bus::in_process(self.instance.clone(), &cfg.bus);
+        let cluster = self.cluster.clone().unwrap_or_else(|| LocalCluster::new(&cfg.bus));
+        let bus = cluster.bus.as_instance(self.instance.clone());
         let store = Store::open(&cfg.database, cfg.store.clone(), bus.clone()).await.with_context(|| {
             format!(
                 "cannot open the database at {} (database.url / DATABASE_URL)",
@@ -183,6 +225,28 @@ impl Server {
         let handler =
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()))
                 .with_presence(presence.clone());
+        let deps = MatchmakerDeps {
+            directory: Arc::new(StoreDirectory(store.clone())),
+            activity: Arc::new(PresenceActivity::new(presence.clone(), handler.away_users())),
+            queue: cluster.queue.clone(),
+            locator: cluster.locator.clone(),
+        };
+        let spawned = Matchmaker::spawn::<Connection>(
+            cfg.matchmaking.clone(),
+            bus.clone(),
+            deps,
+            phases.domain.token(),
+            phases.domain.tasks(),
+        )
+        .await;
+        let matchmaker = match spawned {
+            Ok(m) => m,
+            Err(e) => {
+                phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+                return Err(anyhow::Error::new(e).context("cannot start matchmaking"));
+            }
+        };
+        let handler = handler.with_matchmaker(matchmaker.clone());
         let gateway = builder.build(auth, handler);
         let revoked = close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
         phases.domain.tasks().spawn(revoked);
@@ -192,6 +256,7 @@ impl Server {
             guard: Some(guard),
             bus: Some(bus),
             presence: Some(presence),
+            matchmaker: Some(matchmaker),
         };
         let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
         on_ready(Running { gateway: gateway.handle(), store: Some(store.clone()) });

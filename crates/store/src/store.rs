@@ -181,8 +181,10 @@ impl Store {
     fn apply(&self, inv: &Invalidation) {
         match inv {
             Invalidation::User { user_id } => {
-                self.users.invalidate(user_id);
+                // The query cache first: a reader that misses the LRU in between must not
+                // refill it from a stale query entry.
                 self.queries.invalidate_prefix(&format!("user:{user_id}:"));
+                self.users.invalidate(user_id);
             }
             Invalidation::Session { session_id, .. } => {
                 self.sessions.invalidate_where(|_, s| s.session_id == *session_id);
