@@ -72,11 +72,14 @@ pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = boo
 
 /// Starts the real server (the same `Server` the binary runs) on 127.0.0.1:0.
 pub async fn start(config: Config, mode: Mode) -> TestServer {
+    start_with(Server::new(config, mode)).await
+}
+
+async fn start_with(server: Server) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let server = Server::new(config, mode);
     let tree = shutdown.clone();
     let task = tokio::spawn(async move { server.run(listener, tree, move |h| drop(tx.send(h))).await });
     let running = match rx.await {
@@ -84,6 +87,26 @@ pub async fn start(config: Config, mode: Mode) -> TestServer {
         Err(_) => panic!("server failed to start: {:?}", task.await),
     };
     TestServer { addr, handle: running.gateway, store: running.store, shutdown, task }
+}
+
+/// Starts the real server as one instance of an in-process cluster (several instances
+/// in one test share its bus and matchmaking queue).
+pub async fn start_in(config: Config, cluster: &rendezvous::LocalCluster) -> TestServer {
+    start_with(Server::new(config, Mode::Serve).in_cluster(cluster.clone())).await
+}
+
+/// Reads messages until one of type `ty` arrives (others are skipped), failing after [`PATIENCE`].
+pub async fn next_of_type(c: &mut RawClient, ty: &str) -> serde_json::Value {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let m = c.json().await;
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no `{ty}` within {PATIENCE:?}"))
 }
 
 /// Starts a bare gateway with a custom authenticator and handler.
