@@ -1,7 +1,7 @@
 //! Matchmaking for Rendezvous: a queue with preferences, proposals both sides accept,
 //! direct invites, the WebRTC signaling relay and the call lifecycle (reconnect grace,
 //! history, cooldowns, blocks, reports), designed for several instances from the start.
-//! The full flow is in `docs/matchmaking.md`; the choices in `docs/matchmaking-decisions.md`.
+//! The full flow is in `docs/protocol.md` (Matchmaking); the choices in `docs/decisions.md`.
 //!
 //! # Layout
 //! - [`Matchmaker::spawn`] starts one instance's task and returns a [`MatchmakerHandle`],

@@ -69,7 +69,7 @@ pub struct Matchmaker;
 impl Matchmaker {
     /// Subscribes to this instance's inbox (`matchmaker.inbox.<bus instance>`) and spawns
     /// the task on `tracker`. It stops when `shutdown` is cancelled, after ending what it
-    /// coordinates (see docs/matchmaking-decisions.md).
+    /// coordinates (see docs/decisions.md).
     pub async fn spawn<O: Outbox>(
         cfg: MatchmakerConfig,
         bus: Bus,

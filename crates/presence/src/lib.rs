@@ -3,7 +3,7 @@
 //! (`presence.tick_ms`), serialized once and shared by every subscriber; blocked pairs never
 //! see each other; large topics send a count plus a window. Each instance owns its own
 //! connections' presence and exchanges per-tick deltas with the others over the bus,
-//! in the manner of Phoenix.Tracker. The protocol is in `docs/presence.md`.
+//! in the manner of Phoenix.Tracker. The protocol is in `docs/protocol.md` (Presence).
 //!
 //! # Layout
 //! - [`Presence::spawn`] starts the task and returns a [`PresenceHandle`], which the server

@@ -1,5 +1,5 @@
 //! Server → client presence messages and the error codes presence answers with
-//! (documented in `docs/presence.md`).
+//! (documented in `docs/protocol.md` (Presence)).
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Randomized: clients apply snapshots and diffs exactly as `docs/presence.md` says, and after
+//! Randomized: clients apply snapshots and diffs exactly as `docs/protocol.md` (Presence) says, and after
 //! every tick each client's view must equal the truth for its window, computed from an
 //! independent model of who did what when (grace periods, blocks, windows, resets included).
 

@@ -150,7 +150,7 @@ pub struct Got {
     pub msg: Option<SharedMessage>,
 }
 
-/// A client: applies snapshots and diffs as `docs/presence.md` says, and records gaps.
+/// A client: applies snapshots and diffs as `docs/protocol.md` (Presence) says, and records gaps.
 pub struct Client {
     pub conn: Conn,
     rx: OutboxRx,
