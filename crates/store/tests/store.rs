@@ -274,7 +274,7 @@ both_backends!(errors_keep_their_cause_for_every_waiter, |backend| {
     let u = store.create_user(ada()).await.unwrap();
     store.touch(&u.id);
     store.db().close().await;
-    // One caller loads, the others wait on its load; all must see the pool's own error.
+    // Concurrent lookups (loaders and waiters alike) must all see the pool's own error.
     let start = Arc::new(tokio::sync::Barrier::new(8));
     let mut tasks = Vec::new();
     for _ in 0..8 {

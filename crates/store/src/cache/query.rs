@@ -206,6 +206,36 @@ mod tests {
         assert_eq!(cache.get_or_load("k", || async { Ok(5) }).await.unwrap(), 5);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn waiters_get_the_loaders_own_error() {
+        let cache = Arc::new(QueryCache::<u32>::new(10, Duration::from_secs(60)));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (c, g) = (cache.clone(), gate.clone());
+        let loader = tokio::spawn(async move {
+            c.get_or_load("k", || async move {
+                g.notified().await;
+                Err(StoreError::from(sqlx::Error::PoolTimedOut))
+            })
+            .await
+        });
+        while cache.stats().loads_in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        let c = cache.clone();
+        let waiter = tokio::spawn(async move { c.get_or_load("k", || async { Ok(1) }).await });
+        while cache.stats().misses < 2 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        let (StoreError::Unavailable(mine), StoreError::Unavailable(theirs)) =
+            (loader.await.unwrap().unwrap_err(), waiter.await.unwrap().unwrap_err())
+        else {
+            panic!("both callers must see the database as unavailable");
+        };
+        assert!(Arc::ptr_eq(&mine, &theirs), "the waiter gets the same sqlx error, not a copy of its text");
+        assert_eq!(cache.stats().loads, 1);
+    }
+
     #[tokio::test]
     async fn prefix_invalidation_drops_only_matching_keys() {
         let cache = QueryCache::<u32>::new(10, Duration::from_secs(60));
