@@ -295,11 +295,15 @@ async fn record_activity(gateway: GatewayHandle, store: Arc<Store>, period: Dura
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let now = rendezvous_store::now_ms();
+        let mut seen: Vec<(Arc<str>, i64)> = Vec::new();
         gateway.for_each_connection(|conn| {
-            if gateway.idle_for(conn) < period {
-                store.touch(conn.user_id());
+            let idle = gateway.idle_for(conn);
+            if idle < period {
+                seen.push((Arc::from(conn.user_id()), now - idle.as_millis() as i64));
             }
         });
+        store.record_activity(seen.iter().map(|(user, at)| (&**user, *at)));
     }
 }
 

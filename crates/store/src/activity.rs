@@ -1,5 +1,7 @@
-//! Write-behind for `last_active`: touches land in memory and are written in one
-//! batch every few seconds (and on shutdown), never one UPDATE per message.
+//! Write-behind for `last_active`: activity lands in memory and is written in batches
+//! every few seconds (and on shutdown), never one UPDATE per message. Callers hand in
+//! many users at once (the server sweeps its connections' last-seen times), so the
+//! buffer's lock is taken once per batch, not once per message.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,14 +46,23 @@ impl ActivityBuffer {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn touch(&self, user_id: &str, at: i64) {
+    /// Buffers a batch of `(user_id, unix ms)` under one lock, keeping each user's
+    /// latest time; users beyond the buffer's capacity are dropped and counted.
+    pub(crate) fn record<'a>(&self, seen: impl IntoIterator<Item = (&'a str, i64)>) {
+        let mut dropped = 0;
         let mut map = self.lock();
-        if let Some(t) = map.get_mut(user_id) {
-            *t = (*t).max(at);
-        } else if map.len() < self.max {
-            map.insert(user_id.to_owned(), at);
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        for (user_id, at) in seen {
+            if let Some(t) = map.get_mut(user_id) {
+                *t = (*t).max(at);
+            } else if map.len() < self.max {
+                map.insert(user_id.to_owned(), at);
+            } else {
+                dropped += 1;
+            }
+        }
+        drop(map);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -81,5 +92,47 @@ impl ActivityBuffer {
             flushed: self.flushed.load(Ordering::Relaxed),
             failed_flushes: self.failed_flushes.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(buf: &ActivityBuffer) -> Vec<(String, i64)> {
+        let mut rows = buf.take();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn a_batch_keeps_each_users_latest_time() {
+        let buf = ActivityBuffer::new(10);
+        buf.record([("a", 5), ("b", 7), ("a", 9), ("a", 3)]);
+        // A later batch with an older time must not move a user back.
+        buf.record([("b", 6), ("c", 1)]);
+        assert_eq!(buf.stats().pending, 3);
+        assert_eq!(pending(&buf), vec![("a".into(), 9), ("b".into(), 7), ("c".into(), 1)]);
+        assert_eq!(buf.stats().pending, 0);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_new_users_but_updates_known_ones() {
+        let buf = ActivityBuffer::new(2);
+        buf.record([("a", 1), ("b", 1), ("c", 1), ("d", 1), ("a", 4)]);
+        let s = buf.stats();
+        assert_eq!((s.pending, s.dropped), (2, 2));
+        assert_eq!(pending(&buf), vec![("a".into(), 4), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn restored_rows_yield_to_newer_activity() {
+        let buf = ActivityBuffer::new(10);
+        buf.record([("a", 5), ("b", 5)]);
+        let batch = buf.take();
+        buf.record([("a", 8)]);
+        buf.restore(batch);
+        assert_eq!(pending(&buf), vec![("a".into(), 8), ("b".into(), 5)]);
+        assert_eq!(buf.stats().failed_flushes, 1);
     }
 }

@@ -10,15 +10,27 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     /// The SQLite file used when `url` is unset.
     pub sqlite_path: String,
-    /// Pool size.
+    /// Pool size. On SQLite this many connections read; writes go through one more
+    /// connection of their own (SQLite runs one writer at a time; writes queue for it).
     pub max_connections: u32,
-    /// How long a query waits for a pooled connection before failing with 503.
+    /// How long a query waits for a pooled connection (the SQLite writer included)
+    /// before failing with 503.
     pub acquire_timeout_ms: u64,
+    /// SQLite only: how long a statement retries while another connection (another
+    /// process on the same file) holds a lock, before failing with `database is locked`.
+    /// 0 fails at once.
+    pub sqlite_busy_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: None, sqlite_path: "data/rendezvous.sqlite".into(), max_connections: 10, acquire_timeout_ms: 2_000 }
+        Self {
+            url: None,
+            sqlite_path: "data/rendezvous.sqlite".into(),
+            max_connections: 10,
+            acquire_timeout_ms: 2_000,
+            sqlite_busy_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -62,6 +74,8 @@ impl Default for StoreConfig {
     }
 }
 
+const MAX_SQLITE_BUSY_TIMEOUT_MS: u64 = 60_000;
+
 /// A configuration value that cannot work, naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid config `{key}`: {problem}")]
@@ -91,6 +105,14 @@ impl DatabaseConfig {
         }
         if self.acquire_timeout_ms == 0 {
             return Err(ConfigError { key: "database.acquire_timeout_ms", problem: "must be greater than 0".into() });
+        }
+        // SQLite takes the timeout as an i32 of milliseconds (sqlx panics above that);
+        // a statement stuck for over a minute is an outage, not contention.
+        if self.sqlite_busy_timeout_ms > MAX_SQLITE_BUSY_TIMEOUT_MS {
+            return Err(ConfigError {
+                key: "database.sqlite_busy_timeout_ms",
+                problem: format!("must be at most {MAX_SQLITE_BUSY_TIMEOUT_MS}"),
+            });
         }
         Ok(())
     }
@@ -135,5 +157,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "store.query_cache_ttl_ms");
         let d = DatabaseConfig { url: Some("mysql://x".into()), ..Default::default() };
         assert_eq!(d.validate().unwrap_err().key, "database.url");
+        let d = DatabaseConfig { sqlite_busy_timeout_ms: 60_001, ..Default::default() };
+        assert_eq!(d.validate().unwrap_err().key, "database.sqlite_busy_timeout_ms");
+        DatabaseConfig { sqlite_busy_timeout_ms: 0, ..Default::default() }.validate().unwrap();
     }
 }

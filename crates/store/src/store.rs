@@ -18,7 +18,7 @@ use crate::activity::{ActivityBuffer, ActivityStats};
 use crate::cache::{CacheStats, CountingLru, QueryCache};
 use crate::config::{DatabaseConfig, StoreConfig};
 use crate::db::{Db, PoolStats};
-use crate::error::{SharedError, StoreError};
+use crate::error::StoreError;
 use crate::invalidation::{INVALIDATION_TOPIC, Invalidation, Revocation};
 use crate::model::{AuthSession, Call, IssuedSession, NewUser, Session, User, UserPatch};
 
@@ -33,6 +33,12 @@ enum Cached {
 }
 
 type TokenHash = [u8; 32];
+
+/// `last_active` rows written per transaction when the write-behind buffer is flushed.
+/// Each transaction holds the (on SQLite, only) writer, so flushing a full buffer
+/// (`store.activity_buffer_max`, 100,000 by default) in one transaction would make every
+/// API write wait for all of it; in chunks, a write waits for one chunk at most.
+const ACTIVITY_ROWS_PER_TRANSACTION: usize = 1_000;
 
 /// Current wall-clock time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -76,19 +82,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn shared_to_store(e: SharedError) -> StoreError {
-    if e.unavailable {
-        StoreError::Unavailable(sqlx::Error::Protocol(e.message))
-    } else {
-        StoreError::Database(sqlx::Error::Protocol(e.message))
-    }
-}
-
 impl Store {
     /// Connects, migrates and builds the caches. Call [`Store::spawn_background`] next.
     pub async fn open(db: &DatabaseConfig, cfg: StoreConfig, bus: Bus) -> Result<Arc<Store>, StoreError> {
-        let db =
-            Db::connect(&db.effective_url(), db.max_connections, Duration::from_millis(db.acquire_timeout_ms)).await?;
+        let db = Db::connect(db).await?;
         Ok(Arc::new(Store {
             users: CountingLru::new(cfg.user_cache_capacity),
             sessions: CountingLru::new(cfg.session_cache_capacity),
@@ -101,7 +98,8 @@ impl Store {
         }))
     }
 
-    /// The database (for statement counts and pool figures).
+    /// The database, for its test hooks (statement counts, stored rows).
+    #[cfg(feature = "testing")]
     pub fn db(&self) -> &Db {
         &self.db
     }
@@ -274,8 +272,7 @@ impl Store {
         let loaded = self
             .queries
             .get_or_load(&format!("user:{id}:profile"), || async { Ok(Cached::User(self.db.user(id).await?)) })
-            .await
-            .map_err(shared_to_store)?;
+            .await?;
         match loaded {
             Cached::User(Some(u)) => {
                 self.users.put(u.id.clone(), u.clone());
@@ -354,8 +351,7 @@ impl Store {
         let loaded = self
             .queries
             .get_or_load(&key, || async { Ok(Cached::Session(self.db.session_by_hash(&hash, now).await?)) })
-            .await
-            .map_err(shared_to_store)?;
+            .await?;
         // Negative answers are not kept: a token issued a moment later must work at once.
         self.queries.invalidate(&key);
         match loaded {
@@ -423,11 +419,10 @@ impl Store {
             .get_or_load(&key, || async {
                 Ok(Cached::Calls(Arc::new(self.db.calls_of(user_id, before, limit).await?)))
             })
-            .await
+            .await?
         {
-            Ok(Cached::Calls(c)) => Ok(c),
-            Ok(_) => Ok(Arc::default()),
-            Err(e) => Err(shared_to_store(e)),
+            Cached::Calls(c) => Ok(c),
+            _ => Ok(Arc::default()),
         }
     }
 
@@ -444,11 +439,10 @@ impl Store {
         match self
             .queries
             .get_or_load(&key, || async { Ok(Cached::Cooldown(self.db.cooldown_until(a, b).await?)) })
-            .await
+            .await?
         {
-            Ok(Cached::Cooldown(Some(until))) => Ok(until > now_ms()),
-            Ok(_) => Ok(false),
-            Err(e) => Err(shared_to_store(e)),
+            Cached::Cooldown(Some(until)) => Ok(until > now_ms()),
+            _ => Ok(false),
         }
     }
 
@@ -466,11 +460,10 @@ impl Store {
         match self
             .queries
             .get_or_load(&key, || async { Ok(Cached::Blocks(Arc::new(self.db.blocks_of(user_id).await?))) })
-            .await
+            .await?
         {
-            Ok(Cached::Blocks(b)) => Ok(b),
-            Ok(_) => Ok(Arc::default()),
-            Err(e) => Err(shared_to_store(e)),
+            Cached::Blocks(b) => Ok(b),
+            _ => Ok(Arc::default()),
         }
     }
 
@@ -479,27 +472,33 @@ impl Store {
         self.db.insert_report(&uuid::Uuid::new_v4().to_string(), reporter, reported, reason, now_ms()).await
     }
 
-    /// Notes that a user was active now; written behind in batches.
+    /// Notes that a user was active now; written behind in batches. For many users
+    /// at once use [`Store::record_activity`].
     pub fn touch(&self, user_id: &str) {
-        self.activity.touch(user_id, now_ms());
+        self.record_activity([(user_id, now_ms())]);
     }
 
-    /// Writes buffered activity now; on failure the rows are kept for the next try.
+    /// Notes when each user was last seen (`(user_id, unix ms)`), taking the buffer's lock
+    /// once for the whole batch; a user's latest time wins. Written behind in batches.
+    pub fn record_activity<'a>(&self, seen: impl IntoIterator<Item = (&'a str, i64)>) {
+        self.activity.record(seen);
+    }
+
+    /// Writes buffered activity now, 1,000 rows per transaction (so API writes are not
+    /// held up behind one huge transaction); on failure the unwritten rows are kept for
+    /// the next try.
     pub async fn flush_activity(&self) -> Result<usize, StoreError> {
         let batch = self.activity.take();
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        match self.db.touch_many(&batch).await {
-            Ok(()) => {
-                self.activity.flushed(batch.len());
-                Ok(batch.len())
+        let mut written = 0;
+        for chunk in batch.chunks(ACTIVITY_ROWS_PER_TRANSACTION) {
+            if let Err(e) = self.db.touch_many(chunk).await {
+                self.activity.restore(batch[written..].to_vec());
+                return Err(e);
             }
-            Err(e) => {
-                self.activity.restore(batch);
-                Err(e)
-            }
+            written += chunk.len();
+            self.activity.flushed(chunk.len());
         }
+        Ok(written)
     }
 
     /// Closes the database pool, after the final flush; later queries fail as unavailable.

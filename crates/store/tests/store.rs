@@ -9,7 +9,7 @@ use common::{Backend, fresh_database, open, open_with, two_instances};
 use rendezvous_store::both_backends;
 
 use rendezvous_bus::{Bus, BusConfig};
-use rendezvous_store::{NewUser, StoreConfig, StoreError, UserPatch};
+use rendezvous_store::{DatabaseConfig, NewUser, StoreConfig, StoreError, UserPatch};
 
 fn ada() -> NewUser {
     NewUser {
@@ -233,4 +233,79 @@ both_backends!(shutdown_flushes_the_write_behind_buffer, |backend| {
     tracker.close();
     tracker.wait().await;
     assert!(store.db().stored_last_active(&u.id).await.unwrap().unwrap() > before);
+});
+
+both_backends!(concurrent_writers_never_wait_for_a_lock, |backend| {
+    // With SQLite's busy handler off, a write that finds another connection holding the
+    // write lock fails at once with `database is locked`; it must never happen, because
+    // SQLite writes queue for the one writer connection instead.
+    let db = DatabaseConfig { sqlite_busy_timeout_ms: 0, ..fresh_database(backend).await };
+    let store = open_with(db, StoreConfig::default(), Bus::in_process("t", &BusConfig { capacity: 64 })).await;
+    let start = Arc::new(tokio::sync::Barrier::new(32));
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let (store, start) = (store.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            for i in 0..10 {
+                let u = store.create_user(NewUser { display_name: format!("w{w}-{i}"), ..ada() }).await?;
+                store.issue_session(&u.id, None, None, None).await?;
+                store.update_user(&u.id, serde_json::from_str(r#"{"bio":"busy"}"#).unwrap()).await?;
+                store.record_activity([(u.id.as_str(), rendezvous_store::now_ms())]);
+                store.flush_activity().await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap_or_else(|e| panic!("a concurrent write failed: {e}"));
+    }
+    let pool = store.stats().pool;
+    if backend == Backend::Sqlite {
+        assert_eq!((pool.writers, pool.writers_max), (1, 1), "SQLite writes use exactly one connection");
+        assert_eq!(pool.max, DatabaseConfig::default().max_connections + 1);
+    } else {
+        assert_eq!(pool.writers_max, pool.max);
+    }
+});
+
+both_backends!(errors_keep_their_cause_for_every_waiter, |backend| {
+    let store = open(backend).await;
+    let u = store.create_user(ada()).await.unwrap();
+    store.touch(&u.id);
+    store.db().close().await;
+    // Concurrent lookups (loaders and waiters alike) must all see the pool's own error.
+    let start = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, start) = (store.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            store.user("no-such-user").await
+        }));
+    }
+    for t in tasks {
+        let e = t.await.unwrap().unwrap_err();
+        assert!(matches!(&e, StoreError::Unavailable(c) if matches!(**c, sqlx::Error::PoolClosed)), "{e:?}");
+        let source = std::error::Error::source(&e).expect("a cause").to_string();
+        assert_eq!(source, sqlx::Error::PoolClosed.to_string());
+    }
+    // A failed flush keeps its rows for the next try.
+    assert!(store.flush_activity().await.unwrap_err().is_unavailable());
+    assert_eq!(store.stats().activity.pending, 1);
+});
+
+both_backends!(activity_batches_keep_the_latest_time_and_flush_in_chunks, |backend| {
+    let store = open(backend).await;
+    let u = store.create_user(ada()).await.unwrap();
+    let before = store.db().stored_last_active(&u.id).await.unwrap().unwrap();
+    // 2,001 unknown users (their UPDATEs match nothing) plus one real one, seen twice.
+    let ghosts: Vec<String> = (0..2001).map(|i| format!("ghost-{i}")).collect();
+    let seen = ghosts.iter().map(|g| (g.as_str(), before + 1)).chain([(u.id.as_str(), before + 50)]);
+    store.record_activity(seen.chain([(u.id.as_str(), before + 10)]));
+    assert_eq!(store.stats().activity.pending, 2002);
+    assert_eq!(store.flush_activity().await.unwrap(), 2002);
+    assert_eq!(store.db().statement_count("touch_many"), 3, "1,000 rows per transaction");
+    assert_eq!(store.db().stored_last_active(&u.id).await.unwrap(), Some(before + 50));
+    assert_eq!(store.stats().activity.flushed, 2002);
 });

@@ -9,9 +9,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{CacheStats, Counters, Shelf};
-use crate::error::{SharedError, StoreError};
+use crate::error::StoreError;
 
-type Outcome<V> = Option<Result<(V, Instant), SharedError>>;
+type Outcome<V> = Option<Result<(V, Instant), StoreError>>;
 
 struct Slot<V> {
     rx: watch::Receiver<Outcome<V>>,
@@ -36,7 +36,7 @@ impl<V: Clone> Drop for LoadGuard<'_, V> {
     fn drop(&mut self) {
         self.cache.shelf.counters.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if !self.done {
-            let _ = self.tx.send(Some(Err(SharedError { message: "load cancelled".into(), unavailable: false })));
+            let _ = self.tx.send(Some(Err(cancelled(self.key))));
             self.cache.remove_if_same(self.key, &self.slot);
         }
     }
@@ -56,7 +56,8 @@ impl<V: Clone> QueryCache<V> {
     }
 
     /// The cached value for `key`, or the result of `load` (run once however many callers miss together).
-    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<V, SharedError>
+    /// A failed load is not cached; its error (cause included) goes to every waiter.
+    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<V, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, StoreError>>,
@@ -91,9 +92,11 @@ impl<V: Clone> QueryCache<V> {
                 Ok(outcome) => match outcome.clone() {
                     Some(Ok((v, _))) => Ok(v),
                     Some(Err(e)) => Err(e),
-                    None => unreachable_outcome(),
+                    None => Err(cancelled(key)),
                 },
-                Err(_) => unreachable_outcome(),
+                // The loader always publishes (its guard does on drop), so the channel
+                // cannot close empty; answer as if cancelled rather than panic if it does.
+                Err(_) => Err(cancelled(key)),
             },
             Plan::Load(tx, slot) => {
                 Counters::bump(&self.shelf.counters.in_flight, 1);
@@ -107,10 +110,9 @@ impl<V: Clone> QueryCache<V> {
                         Ok(v)
                     }
                     Err(e) => {
-                        let shared = SharedError::from(&e);
-                        let _ = guard.tx.send(Some(Err(shared.clone())));
+                        let _ = guard.tx.send(Some(Err(e.clone())));
                         self.remove_if_same(key, &guard.slot);
-                        Err(shared)
+                        Err(e)
                     }
                 }
             }
@@ -143,10 +145,8 @@ impl<V: Clone> QueryCache<V> {
     }
 }
 
-/// The loader always publishes (its guard does on drop), so a waiter cannot see
-/// the channel close empty; answer with an error rather than panic if it ever does.
-fn unreachable_outcome<V>() -> Result<V, SharedError> {
-    Err(SharedError { message: "load ended without a result".into(), unavailable: false })
+fn cancelled(key: &str) -> StoreError {
+    StoreError::LoadCancelled { key: key.to_owned() }
 }
 
 #[cfg(test)]
@@ -202,8 +202,38 @@ mod tests {
     async fn errors_are_shared_and_not_cached() {
         let cache = QueryCache::<u32>::new(10, Duration::from_secs(60));
         let err = cache.get_or_load("k", || async { Err(StoreError::NotFound("user")) }).await.unwrap_err();
-        assert!(err.message.contains("not found"));
+        assert!(matches!(err, StoreError::NotFound("user")));
         assert_eq!(cache.get_or_load("k", || async { Ok(5) }).await.unwrap(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_get_the_loaders_own_error() {
+        let cache = Arc::new(QueryCache::<u32>::new(10, Duration::from_secs(60)));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (c, g) = (cache.clone(), gate.clone());
+        let loader = tokio::spawn(async move {
+            c.get_or_load("k", || async move {
+                g.notified().await;
+                Err(StoreError::from(sqlx::Error::PoolTimedOut))
+            })
+            .await
+        });
+        while cache.stats().loads_in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        let c = cache.clone();
+        let waiter = tokio::spawn(async move { c.get_or_load("k", || async { Ok(1) }).await });
+        while cache.stats().misses < 2 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        let (StoreError::Unavailable(mine), StoreError::Unavailable(theirs)) =
+            (loader.await.unwrap().unwrap_err(), waiter.await.unwrap().unwrap_err())
+        else {
+            panic!("both callers must see the database as unavailable");
+        };
+        assert!(Arc::ptr_eq(&mine, &theirs), "the waiter gets the same sqlx error, not a copy of its text");
+        assert_eq!(cache.stats().loads, 1);
     }
 
     #[tokio::test]
@@ -230,7 +260,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         loader.abort();
-        assert!(waiter.await.unwrap().is_err());
+        assert!(matches!(waiter.await.unwrap(), Err(StoreError::LoadCancelled { key }) if key == "k"));
         assert_eq!(cache.get_or_load("k", || async { Ok(9) }).await.unwrap(), 9);
     }
 }

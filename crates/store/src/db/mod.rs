@@ -1,27 +1,33 @@
 //! The database behind the store: Postgres or an embedded SQLite file, one set of
 //! runtime queries (no compile-time database needed), migrations embedded per backend.
+//!
+//! SQLite allows one writer at a time. Rather than let every pooled connection compete
+//! for the write lock (the loser sleeps in SQLite's busy handler, in steps of up to
+//! 100 ms, and can lose again), SQLite writes go through a pool of exactly one
+//! connection, so writers queue in order in the pool instead; reads use their own pool.
 
+mod queries;
 mod rows;
 
-use std::collections::HashMap;
-use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+use crate::config::DatabaseConfig;
 use crate::error::StoreError;
-use crate::model::{AuthSession, Call, Session, User};
-use rows::{AuthRow, CallRow, SessionRow, UserRow};
 
 enum Pool {
     Pg(PgPool),
-    Lite(SqlitePool),
+    /// `write` has exactly one connection.
+    Lite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
 }
 
 /// Pool figures for `/health`.
@@ -29,14 +35,19 @@ enum Pool {
 pub struct PoolStats {
     /// `postgres` or `sqlite`.
     pub backend: &'static str,
-    /// Open connections.
+    /// Open connections (on SQLite, readers plus the writer).
     pub size: u32,
     /// Idle connections.
     pub idle: usize,
     /// Connections in use.
     pub in_use: usize,
-    /// Configured maximum.
+    /// Configured maximum (on SQLite, `database.max_connections` readers plus the one writer).
     pub max: u32,
+    /// Open connections that run writes: on SQLite the single writer (0 or 1), on
+    /// Postgres every open connection.
+    pub writers: u32,
+    /// Most connections that may write at once: 1 on SQLite (writes queue for it), `max` on Postgres.
+    pub writers_max: u32,
     /// Acquisitions so far.
     pub acquires: u64,
     /// Acquisitions that failed (timeout or connection error).
@@ -58,53 +69,74 @@ pub struct Db {
     wait_total_us: AtomicU64,
     wait_max_us: AtomicU64,
     reachable: AtomicBool,
-    statements: Mutex<HashMap<&'static str, u64>>,
+    /// Statements run, by name; only test builds count (a lock per statement otherwise).
+    #[cfg(feature = "testing")]
+    statements: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
-/// Runs `$body` with `$c` bound to a pooled connection of either backend.
+/// Runs `$body` with `$c` bound to a pooled connection of either backend: from the
+/// write pool for `write` statements, from the read pool for `read` ones.
 macro_rules! with_conn {
-    ($db:expr, $name:literal, |$c:ident| $body:expr) => {{
+    ($db:expr, read $name:literal, |$c:ident| $body:expr) => {
+        with_conn!(@run $db, $name, read, |$c| $body)
+    };
+    ($db:expr, write $name:literal, |$c:ident| $body:expr) => {
+        with_conn!(@run $db, $name, write, |$c| $body)
+    };
+    (@run $db:expr, $name:literal, $side:ident, |$c:ident| $body:expr) => {{
         $db.count($name);
         match &$db.pool {
-            Pool::Pg(p) => {
+            $crate::db::Pool::Pg(p) => {
                 let mut $c = $db.acquire(p).await?;
                 $body
             }
-            Pool::Lite(p) => {
+            $crate::db::Pool::Lite { $side: p, .. } => {
                 let mut $c = $db.acquire(p).await?;
                 $body
             }
         }
     }};
 }
+use with_conn;
 
 impl Db {
     /// Connects (Postgres for `postgres://` URLs, SQLite otherwise) and applies migrations.
-    pub async fn connect(url: &str, max: u32, acquire_timeout: Duration) -> Result<Db, StoreError> {
+    pub(crate) async fn connect(cfg: &DatabaseConfig) -> Result<Db, StoreError> {
+        let url = cfg.effective_url();
+        let (max, acquire_timeout) = (cfg.max_connections, Duration::from_millis(cfg.acquire_timeout_ms));
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url)?;
+            let opts: PgConnectOptions = url.parse()?;
             let pool =
                 PgPoolOptions::new().max_connections(max).acquire_timeout(acquire_timeout).connect_with(opts).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Pool::Pg(pool)
         } else {
-            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(&url);
             if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::SqliteDir { path: dir.to_owned(), source: e.into() })?;
             }
+            // NORMAL is durable in WAL mode except for the last commits before a power
+            // loss (never corrupt); FULL would fsync the WAL on every commit.
             let opts = SqliteConnectOptions::new()
                 .filename(path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5))
+                .busy_timeout(Duration::from_millis(cfg.sqlite_busy_timeout_ms))
+                .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
+            // The writer creates the file and switches it to WAL (a lasting property of
+            // the file, so the readers need not ask again) before the readers open it.
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(acquire_timeout)
+                .connect_with(opts.clone().create_if_missing(true).journal_mode(SqliteJournalMode::Wal))
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+            let read = SqlitePoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(acquire_timeout)
                 .connect_with(opts)
                 .await?;
-            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            Pool::Lite(pool)
+            Pool::Lite { read, write }
         };
         Ok(Db {
             pool,
@@ -114,18 +146,18 @@ impl Db {
             wait_total_us: AtomicU64::new(0),
             wait_max_us: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
-            statements: Mutex::new(HashMap::new()),
+            #[cfg(feature = "testing")]
+            statements: Default::default(),
         })
     }
 
+    #[cfg(feature = "testing")]
     fn count(&self, name: &'static str) {
         *self.statements.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default() += 1;
     }
 
-    /// How many times each statement ran (the single-flight tests count here).
-    pub fn statement_count(&self, name: &str) -> u64 {
-        self.statements.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(0)
-    }
+    #[cfg(not(feature = "testing"))]
+    fn count(&self, _name: &'static str) {}
 
     async fn acquire<DB: sqlx::Database>(&self, pool: &sqlx::Pool<DB>) -> Result<PoolConnection<DB>, StoreError> {
         let started = Instant::now();
@@ -140,14 +172,21 @@ impl Db {
         self.reachable.store(result.is_ok(), Ordering::Relaxed);
         // Whatever stops us getting a connection (refused, reset, garbled handshake,
         // timeout) means the database is unavailable, not that the request was bad.
-        result.map_err(StoreError::Unavailable)
+        result.map_err(|e| StoreError::Unavailable(e.into()))
     }
 
     /// Pool figures.
     pub fn pool_stats(&self) -> PoolStats {
-        let (backend, size, idle) = match &self.pool {
-            Pool::Pg(p) => ("postgres", p.size(), p.num_idle()),
-            Pool::Lite(p) => ("sqlite", p.size(), p.num_idle()),
+        let (backend, size, idle, max, writers, writers_max) = match &self.pool {
+            Pool::Pg(p) => ("postgres", p.size(), p.num_idle(), self.max, p.size(), self.max),
+            Pool::Lite { read, write } => (
+                "sqlite",
+                read.size() + write.size(),
+                read.num_idle() + write.num_idle(),
+                self.max + 1,
+                write.size(),
+                1,
+            ),
         };
         let acquires = self.acquires.load(Ordering::Relaxed);
         PoolStats {
@@ -155,7 +194,9 @@ impl Db {
             size,
             idle,
             in_use: (size as usize).saturating_sub(idle),
-            max: self.max,
+            max,
+            writers,
+            writers_max,
             acquires,
             acquire_failures: self.acquire_failures.load(Ordering::Relaxed),
             acquire_wait_avg_us: self.wait_total_us.load(Ordering::Relaxed).checked_div(acquires).unwrap_or(0),
@@ -163,297 +204,32 @@ impl Db {
             reachable: self.reachable.load(Ordering::Relaxed),
         }
     }
+}
 
-    /// Closes the pool.
+impl Db {
+    /// Closes every pool (at shutdown); later calls fail with [`StoreError::Unavailable`].
     pub async fn close(&self) {
         match &self.pool {
             Pool::Pg(p) => p.close().await,
-            Pool::Lite(p) => p.close().await,
+            Pool::Lite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
         }
     }
+}
 
-    pub(crate) async fn insert_user(&self, u: &User) -> Result<(), StoreError> {
-        with_conn!(self, "insert_user", |c| {
-            sqlx::query(
-                "INSERT INTO users (id, display_name, gender, selfie_url, video_url, bio, socials, created_at, last_active, banned)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&u.id)
-            .bind(&u.display_name)
-            .bind(&u.gender)
-            .bind(&u.selfie_url)
-            .bind(&u.video_url)
-            .bind(&u.bio)
-            .bind(serde_json::Value::Object(u.socials.clone()).to_string())
-            .bind(u.created_at)
-            .bind(u.last_active)
-            .bind(u.banned)
-            .execute(&mut *c)
-            .await?;
-        });
-        Ok(())
-    }
-
-    pub(crate) async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let row: Option<UserRow> = with_conn!(self, "user_by_id", |c| {
-            sqlx::query_as(
-                "SELECT id, display_name, gender, selfie_url, video_url, bio, socials, created_at, last_active, banned FROM users WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *c)
-            .await?
-        });
-        Ok(row.map(User::from))
-    }
-
-    pub(crate) async fn update_user(&self, u: &User) -> Result<bool, StoreError> {
-        let done = with_conn!(self, "update_user", |c| {
-            sqlx::query(
-                "UPDATE users SET display_name = $1, gender = $2, selfie_url = $3, video_url = $4, bio = $5, socials = $6, banned = $7
-                 WHERE id = $8",
-            )
-            .bind(&u.display_name)
-            .bind(&u.gender)
-            .bind(&u.selfie_url)
-            .bind(&u.video_url)
-            .bind(&u.bio)
-            .bind(serde_json::Value::Object(u.socials.clone()).to_string())
-            .bind(u.banned)
-            .bind(&u.id)
-            .execute(&mut *c)
-            .await?
-            .rows_affected()
-        });
-        Ok(done == 1)
-    }
-
-    pub(crate) async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
-        let done = with_conn!(self, "delete_user", |c| {
-            sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *c).await?.rows_affected()
-        });
-        Ok(done == 1)
-    }
-
-    pub(crate) async fn insert_session(&self, s: &Session, token_hash: &[u8]) -> Result<(), StoreError> {
-        with_conn!(self, "insert_session", |c| {
-            sqlx::query(
-                "INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, revoked_at, user_agent, ip)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&s.id)
-            .bind(token_hash)
-            .bind(&s.user_id)
-            .bind(s.created_at)
-            .bind(s.expires_at)
-            .bind(s.revoked_at)
-            .bind(&s.user_agent)
-            .bind(&s.ip)
-            .execute(&mut *c)
-            .await?;
-        });
-        Ok(())
-    }
-
-    /// The live session behind a token hash: not revoked, not expired, user not banned.
-    pub(crate) async fn session_by_hash(&self, token_hash: &[u8], now: i64) -> Result<Option<AuthSession>, StoreError> {
-        let row: Option<AuthRow> = with_conn!(self, "session_by_hash", |c| {
-            sqlx::query_as(
-                "SELECT s.id, s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.banned = $3",
-            )
-            .bind(token_hash)
-            .bind(now)
-            .bind(false)
-            .fetch_optional(&mut *c)
-            .await?
-        });
-        Ok(row.map(AuthSession::from))
-    }
-
-    /// Revokes one session; returns its owner if it was live.
-    pub(crate) async fn revoke_session(&self, id: &str, now: i64) -> Result<Option<String>, StoreError> {
-        let owner: Option<(String,)> = with_conn!(self, "revoke_session", |c| {
-            sqlx::query_as("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING user_id")
-                .bind(now)
-                .bind(id)
-                .fetch_optional(&mut *c)
-                .await?
-        });
-        Ok(owner.map(|(u,)| u))
-    }
-
-    /// Revokes every live session of a user; returns their ids.
-    pub(crate) async fn revoke_user_sessions(&self, user_id: &str, now: i64) -> Result<Vec<String>, StoreError> {
-        let ids: Vec<(String,)> = with_conn!(self, "revoke_user_sessions", |c| {
-            sqlx::query_as("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id")
-                .bind(now)
-                .bind(user_id)
-                .fetch_all(&mut *c)
-                .await?
-        });
-        Ok(ids.into_iter().map(|(id,)| id).collect())
-    }
-
-    pub(crate) async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
-        let rows: Vec<SessionRow> = with_conn!(self, "sessions_of", |c| {
-            sqlx::query_as(
-                "SELECT id, user_id, created_at, expires_at, revoked_at, user_agent, ip FROM sessions WHERE user_id = $1 ORDER BY created_at DESC",
-            )
-            .bind(user_id)
-            .fetch_all(&mut *c)
-            .await?
-        });
-        Ok(rows.into_iter().map(Session::from).collect())
-    }
-
-    pub(crate) async fn insert_call(&self, call: &Call) -> Result<(), StoreError> {
-        with_conn!(self, "insert_call", |c| {
-            sqlx::query("INSERT INTO calls (id, user_a, user_b, started_at, ended_at, end_reason) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(&call.id)
-                .bind(&call.user_a)
-                .bind(&call.user_b)
-                .bind(call.started_at)
-                .bind(call.ended_at)
-                .bind(&call.end_reason)
-                .execute(&mut *c)
-                .await?;
-        });
-        Ok(())
-    }
-
-    pub(crate) async fn end_call(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool, StoreError> {
-        let done = with_conn!(self, "end_call", |c| {
-            sqlx::query("UPDATE calls SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL")
-                .bind(ended_at)
-                .bind(reason)
-                .bind(id)
-                .execute(&mut *c)
-                .await?
-                .rows_affected()
-        });
-        Ok(done == 1)
-    }
-
-    /// A user's calls, newest first, started before `before` (Unix ms).
-    pub(crate) async fn calls_of(&self, user_id: &str, before: i64, limit: u32) -> Result<Vec<Call>, StoreError> {
-        let rows: Vec<CallRow> = with_conn!(self, "calls_of", |c| {
-            sqlx::query_as(
-                "SELECT id, user_a, user_b, started_at, ended_at, end_reason FROM calls
-                 WHERE (user_a = $1 OR user_b = $1) AND started_at < $2 ORDER BY started_at DESC LIMIT $3",
-            )
-            .bind(user_id)
-            .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *c)
-            .await?
-        });
-        Ok(rows.into_iter().map(Call::from).collect())
-    }
-
-    pub(crate) async fn put_cooldown(&self, a: &str, b: &str, until: i64) -> Result<(), StoreError> {
-        let (a, b) = if a <= b { (a, b) } else { (b, a) };
-        with_conn!(self, "put_cooldown", |c| {
-            sqlx::query("INSERT INTO cooldowns (user_a, user_b, until) VALUES ($1, $2, $3) ON CONFLICT (user_a, user_b) DO UPDATE SET until = $3")
-                .bind(a)
-                .bind(b)
-                .bind(until)
-                .execute(&mut *c)
-                .await?;
-        });
-        Ok(())
-    }
-
-    pub(crate) async fn cooldown_until(&self, a: &str, b: &str) -> Result<Option<i64>, StoreError> {
-        let (a, b) = if a <= b { (a, b) } else { (b, a) };
-        let row: Option<(i64,)> = with_conn!(self, "cooldown_until", |c| {
-            sqlx::query_as("SELECT until FROM cooldowns WHERE user_a = $1 AND user_b = $2")
-                .bind(a)
-                .bind(b)
-                .fetch_optional(&mut *c)
-                .await?
-        });
-        Ok(row.map(|(u,)| u))
-    }
-
-    pub(crate) async fn put_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
-        with_conn!(self, "put_block", |c| {
-            sqlx::query("INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3) ON CONFLICT (blocker, blocked) DO NOTHING")
-                .bind(blocker)
-                .bind(blocked)
-                .bind(now)
-                .execute(&mut *c)
-                .await?;
-        });
-        Ok(())
-    }
-
-    /// Users `user_id` blocked or was blocked by.
-    pub(crate) async fn blocks_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = with_conn!(self, "blocks_of", |c| {
-            sqlx::query_as(
-                "SELECT blocked FROM blocks WHERE blocker = $1 UNION SELECT blocker FROM blocks WHERE blocked = $1",
-            )
-            .bind(user_id)
-            .fetch_all(&mut *c)
-            .await?
-        });
-        Ok(rows.into_iter().map(|(u,)| u).collect())
-    }
-
-    pub(crate) async fn insert_report(
-        &self,
-        id: &str,
-        reporter: &str,
-        reported: &str,
-        reason: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        with_conn!(self, "insert_report", |c| {
-            sqlx::query("INSERT INTO reports (id, reporter, reported, reason, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(reporter)
-                .bind(reported)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *c)
-                .await?;
-        });
-        Ok(())
-    }
-
-    /// Writes buffered `last_active` times in one transaction.
-    pub(crate) async fn touch_many(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
-        with_conn!(self, "touch_many", |c| {
-            let mut tx = sqlx::Connection::begin(&mut *c).await?;
-            for (user, at) in batch {
-                sqlx::query("UPDATE users SET last_active = $1 WHERE id = $2 AND last_active < $1")
-                    .bind(at)
-                    .bind(user)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    /// Deletes expired sessions and cooldowns; returns how many of each.
-    pub(crate) async fn cleanup(&self, now: i64) -> Result<(u64, u64), StoreError> {
-        with_conn!(self, "cleanup", |c| {
-            let s = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-                .bind(now)
-                .execute(&mut *c)
-                .await?
-                .rows_affected();
-            let k =
-                sqlx::query("DELETE FROM cooldowns WHERE until < $1").bind(now).execute(&mut *c).await?.rows_affected();
-            Ok((s, k))
-        })
+/// Hooks for tests (feature `testing`); production builds have none of these.
+#[cfg(feature = "testing")]
+impl Db {
+    /// How many times each statement ran (the single-flight tests count here).
+    pub fn statement_count(&self, name: &str) -> u64 {
+        self.statements.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(0)
     }
 
     /// `last_active` as stored (tests check the write-behind through it).
     pub async fn stored_last_active(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
-        let row: Option<(i64,)> = with_conn!(self, "stored_last_active", |c| {
+        let row: Option<(i64,)> = with_conn!(self, read "stored_last_active", |c| {
             sqlx::query_as("SELECT last_active FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *c).await?
         });
         Ok(row.map(|(t,)| t))
