@@ -80,8 +80,10 @@ impl mm::Directory for StoreDirectory {
                 started_at: end.started_at_ms,
                 ended_at: Some(end.ended_at_ms),
                 end_reason: Some(end.reason.as_str().to_owned()),
+                ended_by: end.ended_by.clone(),
+                duration_ms: Some(end.duration_ms()),
             };
-            self.0.end_call(&call, end.reason.as_str()).await.map_err(unavailable)
+            self.0.end_call(&call, end.reason.as_str(), end.ended_by.as_deref()).await.map_err(unavailable)
         })
     }
 
@@ -102,7 +104,10 @@ impl mm::Directory for StoreDirectory {
         Box::pin(async move {
             let reason = serde_json::to_value(report.reason).ok().and_then(|v| v.as_str().map(str::to_owned));
             let reason = reason.unwrap_or_else(|| "other".into());
-            self.0.report(&report.reporter, &report.reported, &reason).await.map_err(unavailable)
+            self.0
+                .report(&report.reporter, &report.reported, &reason, report.text.as_deref())
+                .await
+                .map_err(unavailable)
         })
     }
 }

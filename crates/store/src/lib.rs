@@ -34,5 +34,5 @@ pub use db::Db;
 pub use db::PoolStats;
 pub use error::StoreError;
 pub use invalidation::{INVALIDATION_TOPIC, Invalidation, Revocation};
-pub use model::{AuthSession, Call, GENDERS, Invalid, IssuedSession, NewUser, Session, User, UserPatch};
+pub use model::{AuthSession, Call, GENDERS, Invalid, IssuedSession, NewUser, Report, Session, User, UserPatch};
 pub use store::{Store, StoreStats, now_ms};

@@ -136,8 +136,29 @@ pub struct Call {
     pub started_at: i64,
     /// Unix ms, when ended.
     pub ended_at: Option<i64>,
-    /// Why it ended (`hangup`, `timeout`, `disconnect`, …).
+    /// Why it ended (`hangup`, `disconnect`, `shutdown`, …).
     pub end_reason: Option<String>,
+    /// The user who ended it (hung up); absent for disconnects and shutdowns.
+    pub ended_by: Option<String>,
+    /// `ended_at - started_at`, once ended.
+    pub duration_ms: Option<i64>,
+}
+
+/// A report one user filed about another after a call, for the app backend.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Report id (UUID).
+    pub id: String,
+    /// Who reported.
+    pub reporter: String,
+    /// Who was reported.
+    pub reported: String,
+    /// One of the protocol's report reasons.
+    pub reason: String,
+    /// Optional free text.
+    pub details: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
 }
 
 /// Input that fails validation; `field` names the offending field.

@@ -20,7 +20,7 @@ use crate::config::{DatabaseConfig, StoreConfig};
 use crate::db::{Db, PoolStats};
 use crate::error::StoreError;
 use crate::invalidation::{INVALIDATION_TOPIC, Invalidation, Revocation};
-use crate::model::{AuthSession, Call, IssuedSession, NewUser, Session, User, UserPatch};
+use crate::model::{AuthSession, Call, IssuedSession, NewUser, Report, Session, User, UserPatch};
 
 /// Values the query cache holds.
 #[derive(Debug, Clone)]
@@ -391,15 +391,17 @@ impl Store {
             started_at: now_ms(),
             ended_at: None,
             end_reason: None,
+            ended_by: None,
+            duration_ms: None,
         };
         self.db.insert_call(&call).await?;
         self.invalidate_calls(user_a, user_b).await;
         Ok(call)
     }
 
-    /// Records the end of a call.
-    pub async fn end_call(&self, call: &Call, reason: &str) -> Result<(), StoreError> {
-        self.db.end_call(&call.id, now_ms(), reason).await?;
+    /// Records the end of a call: why, and who ended it (`None` for a disconnect or shutdown).
+    pub async fn end_call(&self, call: &Call, reason: &str, ended_by: Option<&str>) -> Result<(), StoreError> {
+        self.db.end_call(&call.id, now_ms(), reason, ended_by).await?;
         self.invalidate_calls(&call.user_a, &call.user_b).await;
         Ok(())
     }
@@ -467,9 +469,21 @@ impl Store {
         }
     }
 
-    /// Files a report.
-    pub async fn report(&self, reporter: &str, reported: &str, reason: &str) -> Result<(), StoreError> {
-        self.db.insert_report(&uuid::Uuid::new_v4().to_string(), reporter, reported, reason, now_ms()).await
+    /// Files a report, with optional free text.
+    pub async fn report(
+        &self,
+        reporter: &str,
+        reported: &str,
+        reason: &str,
+        details: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.db.insert_report(&id, reporter, reported, reason, details, now_ms()).await
+    }
+
+    /// Reports for the app backend, newest first, filed before `before` (Unix ms).
+    pub async fn reports(&self, before: Option<i64>, limit: u32) -> Result<Vec<Report>, StoreError> {
+        self.db.reports(before.unwrap_or(i64::MAX), limit).await
     }
 
     /// Notes that a user was active now; written behind in batches. For many users

@@ -146,9 +146,11 @@ both_backends!(writes_invalidate_call_lists, |backend| {
     let b = store.create_user(ada()).await.unwrap();
     assert!(store.calls_of(&a.id, None, 10).await.unwrap().is_empty());
     let call = store.start_call(&a.id, &b.id).await.unwrap();
-    store.end_call(&call, "hangup").await.unwrap();
+    store.end_call(&call, "hangup", Some(&a.id)).await.unwrap();
     let calls = store.calls_of(&b.id, None, 10).await.unwrap();
     assert_eq!(calls[0].end_reason.as_deref(), Some("hangup"));
+    assert_eq!(calls[0].ended_by.as_deref(), Some(a.id.as_str()));
+    assert!(calls[0].duration_ms.is_some_and(|d| d >= 0));
     assert_eq!(store.calls_of(&a.id, None, 10).await.unwrap().len(), 1);
 });
 
@@ -161,7 +163,13 @@ both_backends!(cooldowns_blocks_and_reports, |backend| {
     assert!(store.in_cooldown(&a.id, &b.id).await.unwrap());
     store.block(&a.id, &b.id).await.unwrap();
     assert_eq!(*store.blocks_of(&b.id).await.unwrap(), vec![a.id.clone()]);
-    store.report(&a.id, &b.id, "spam").await.unwrap();
+    store.report(&a.id, &b.id, "spam", Some("sent links")).await.unwrap();
+    store.report(&b.id, &a.id, "other", None).await.unwrap();
+    let reports = store.reports(None, 10).await.unwrap();
+    assert_eq!(reports.len(), 2);
+    let spam = reports.iter().find(|r| r.reason == "spam").unwrap();
+    assert_eq!((spam.reporter.as_str(), spam.details.as_deref()), (a.id.as_str(), Some("sent links")));
+    assert_eq!(store.reports(None, 1).await.unwrap().len(), 1, "limit holds");
     store.put_cooldown(&a.id, &b.id, 1).await.unwrap();
     assert_eq!(store.cleanup().await.unwrap().1, 1);
 });

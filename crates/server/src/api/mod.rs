@@ -46,6 +46,7 @@ pub fn router(store: Arc<Store>, cfg: ApiConfig, guest_sign_in: bool, trusted_pr
         .route("/api/users/{id}/sessions", post(issue_session).get(list_sessions).delete(revoke_user_sessions))
         .route("/api/users/{id}/calls", get(list_calls))
         .route("/api/sessions/{id}", delete(revoke_session))
+        .route("/api/reports", get(list_reports))
         .route("/api/guest", post(guest))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -124,6 +125,16 @@ async fn list_calls(
     Path(id): Path<String>,
     QueryParams(q): QueryParams,
 ) -> ApiResult<Response> {
+    let (limit, before) = page(&q)?;
+    if s.store.user(&id).await?.is_none() {
+        return Err(StoreError::NotFound("user").into());
+    }
+    let calls = s.store.calls_of(&id, before, limit).await?;
+    Ok(Json(json!({ "calls": *calls })).into_response())
+}
+
+/// `limit` (1–200, default 50) and `before` (Unix ms) from a listing's query string.
+fn page(q: &std::collections::HashMap<String, String>) -> ApiResult<(u32, Option<i64>)> {
     if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "limit" | "before")) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("unknown query parameter `{k}`")));
     }
@@ -140,11 +151,13 @@ async fn list_calls(
         None => None,
         Some(v) => Some(v.parse::<i64>().map_err(|_| bad("before", "must be a Unix time in milliseconds"))?),
     };
-    if s.store.user(&id).await?.is_none() {
-        return Err(StoreError::NotFound("user").into());
-    }
-    let calls = s.store.calls_of(&id, before, limit).await?;
-    Ok(Json(json!({ "calls": *calls })).into_response())
+    Ok((limit, before))
+}
+
+/// Reports users filed after calls, newest first, for moderation.
+async fn list_reports(State(s): State<ApiState>, _: ApiKey, QueryParams(q): QueryParams) -> ApiResult<Response> {
+    let (limit, before) = page(&q)?;
+    Ok(Json(json!({ "reports": s.store.reports(before, limit).await? })).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -84,7 +84,7 @@ both_backends!(call_history_is_listed_newest_first, |backend| {
         .unwrap()
         .to_owned();
     let first = store.start_call(&a, &b).await.unwrap();
-    store.end_call(&first, "hangup").await.unwrap();
+    store.end_call(&first, "hangup", Some(&a)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2)).await; // distinct start times on the wall clock
     let second = store.start_call(&b, &a).await.unwrap();
     let r = api(srv.addr, "GET", &format!("/api/users/{a}/calls?limit=10"), None, k).await;

@@ -85,6 +85,8 @@ both_backends!(two_users_are_matched_signal_and_hang_up, |backend| {
         if calls.first().is_some_and(|c| c.ended_at.is_some()) {
             assert_eq!(calls[0].id, call_id);
             assert_eq!(calls[0].end_reason.as_deref(), Some("hangup"));
+            let who_hung_up = if ann_ok["role"] == "offerer" { &ann.id } else { &ben.id };
+            assert_eq!(calls[0].ended_by.as_ref(), Some(who_hung_up));
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no ended call in the history: {calls:?}");
@@ -97,6 +99,12 @@ both_backends!(two_users_are_matched_signal_and_hang_up, |backend| {
         async move { s.in_cooldown(&x, &y).await.unwrap() }
     })
     .await;
+    // After the call: report and block the peer; the app backend lists the report.
+    send(offerer, json!({"type": "call.report", "user_id": if ann_ok["role"] == "offerer" { &ben.id } else { &ann.id }, "reason": "spam", "text": "links", "id": "r"})).await;
+    assert_eq!(next_of_type(offerer, "call.reported").await["id"], "r");
+    let listed = crate::support::api(a.addr, "GET", "/api/reports", None, Some(crate::support::API_KEY)).await.json();
+    assert_eq!(listed["reports"][0]["reason"], "spam");
+    assert_eq!(listed["reports"][0]["details"], "links");
     let mut started = 0;
     for addr in [a.addr, b.addr] {
         let h: Value = crate::support::http_get(addr, "/health", &[]).await.json();

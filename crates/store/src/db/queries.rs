@@ -1,7 +1,7 @@
 //! The statements, one set for both backends. Reads run on the read pool; writes on the
 //! write pool, which on SQLite is one connection (see `Db::connect`).
 
-use super::rows::{AuthRow, CallRow, SessionRow, UserRow};
+use super::rows::{AuthRow, CallRow, ReportRow, SessionRow, UserRow};
 use super::{Db, with_conn};
 use crate::error::StoreError;
 use crate::model::{AuthSession, Call, Session, User};
@@ -156,11 +156,20 @@ impl Db {
         Ok(())
     }
 
-    pub(crate) async fn end_call(&self, id: &str, ended_at: i64, reason: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn end_call(
+        &self,
+        id: &str,
+        ended_at: i64,
+        reason: &str,
+        ended_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let done = with_conn!(self, write "end_call", |c| {
-            sqlx::query("UPDATE calls SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL")
+            sqlx::query(
+                "UPDATE calls SET ended_at = $1, end_reason = $2, ended_by = $3 WHERE id = $4 AND ended_at IS NULL",
+            )
                 .bind(ended_at)
                 .bind(reason)
+                .bind(ended_by)
                 .bind(id)
                 .execute(&mut *c)
                 .await?
@@ -173,7 +182,7 @@ impl Db {
     pub(crate) async fn calls_of(&self, user_id: &str, before: i64, limit: u32) -> Result<Vec<Call>, StoreError> {
         let rows: Vec<CallRow> = with_conn!(self, read "calls_of", |c| {
             sqlx::query_as(
-                "SELECT id, user_a, user_b, started_at, ended_at, end_reason FROM calls
+                "SELECT id, user_a, user_b, started_at, ended_at, end_reason, ended_by FROM calls
                  WHERE (user_a = $1 OR user_b = $1) AND started_at < $2 ORDER BY started_at DESC LIMIT $3",
             )
             .bind(user_id)
@@ -241,19 +250,38 @@ impl Db {
         reporter: &str,
         reported: &str,
         reason: &str,
+        details: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         with_conn!(self, write "insert_report", |c| {
-            sqlx::query("INSERT INTO reports (id, reporter, reported, reason, created_at) VALUES ($1, $2, $3, $4, $5)")
+            sqlx::query(
+                "INSERT INTO reports (id, reporter, reported, reason, details, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
                 .bind(id)
                 .bind(reporter)
                 .bind(reported)
                 .bind(reason)
+                .bind(details)
                 .bind(now)
                 .execute(&mut *c)
                 .await?;
         });
         Ok(())
+    }
+
+    /// Reports, newest first, filed before `before` (Unix ms).
+    pub(crate) async fn reports(&self, before: i64, limit: u32) -> Result<Vec<crate::model::Report>, StoreError> {
+        let rows: Vec<ReportRow> = with_conn!(self, read "reports", |c| {
+            sqlx::query_as(
+                "SELECT id, reporter, reported, reason, details, created_at FROM reports
+                 WHERE created_at < $1 ORDER BY created_at DESC LIMIT $2",
+            )
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *c)
+            .await?
+        });
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Writes buffered `last_active` times in one transaction.

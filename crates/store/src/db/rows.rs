@@ -86,6 +86,7 @@ pub(super) struct CallRow {
     started_at: i64,
     ended_at: Option<i64>,
     end_reason: Option<String>,
+    ended_by: Option<String>,
 }
 
 impl From<CallRow> for Call {
@@ -97,6 +98,31 @@ impl From<CallRow> for Call {
             started_at: r.started_at,
             ended_at: r.ended_at,
             end_reason: r.end_reason,
+            ended_by: r.ended_by,
+            duration_ms: r.ended_at.map(|end| end - r.started_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ReportRow {
+    id: String,
+    reporter: String,
+    reported: String,
+    reason: String,
+    details: Option<String>,
+    created_at: i64,
+}
+
+impl From<ReportRow> for crate::model::Report {
+    fn from(r: ReportRow) -> Self {
+        crate::model::Report {
+            id: r.id,
+            reporter: r.reporter,
+            reported: r.reported,
+            reason: r.reason,
+            details: r.details,
+            created_at: r.created_at,
         }
     }
 }
