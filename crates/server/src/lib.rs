@@ -247,6 +247,7 @@ impl Server {
             }
         };
         let handler = handler.with_matchmaker(matchmaker.clone());
+        phases.domain.tasks().spawn(refresh_presence(store.user_changes(), presence.clone(), phases.domain.token()));
         let gateway = builder.build(auth, handler);
         let revoked = close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
         phases.domain.tasks().spawn(revoked);
@@ -304,6 +305,32 @@ async fn record_activity(gateway: GatewayHandle, store: Arc<Store>, period: Dura
             }
         });
         store.record_activity(seen.iter().map(|(user, at)| (&**user, *at)));
+    }
+}
+
+/// Has presence re-read users whose profile or blocks changed (edits, blocks after a call),
+/// so display names and block filters follow the store on every instance.
+async fn refresh_presence(
+    mut changes: broadcast::Receiver<Arc<str>>,
+    presence: rendezvous_presence::PresenceHandle<Connection>,
+    stop: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            r = changes.recv() => r,
+        };
+        match received {
+            Ok(user) => {
+                if presence.refresh(&user).is_err() {
+                    warn!(user_id = %user, "presence is busy; a profile change shows at the user's next connection");
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "user-change stream lagged; some profile changes show at the users' next connection")
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

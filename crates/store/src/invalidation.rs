@@ -15,6 +15,11 @@ pub enum Invalidation {
         /// The user.
         user_id: String,
     },
+    /// A user's call history changed (a call started or ended); the profile is untouched.
+    UserCalls {
+        /// The user.
+        user_id: String,
+    },
     /// One session was revoked.
     Session {
         /// The session.

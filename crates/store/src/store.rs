@@ -74,6 +74,7 @@ pub struct Store {
     activity: ActivityBuffer,
     bus: Bus,
     revocations: broadcast::Sender<Revocation>,
+    user_changes: broadcast::Sender<Arc<str>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -92,6 +93,7 @@ impl Store {
             queries: QueryCache::new(cfg.query_cache_capacity, Duration::from_millis(cfg.query_cache_ttl_ms)),
             activity: ActivityBuffer::new(cfg.activity_buffer_max),
             revocations: broadcast::channel(cfg.revocation_buffer).0,
+            user_changes: broadcast::channel(cfg.revocation_buffer).0,
             db,
             cfg,
             bus,
@@ -102,6 +104,12 @@ impl Store {
     #[cfg(feature = "testing")]
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Users whose profile or blocks changed, here or on another instance; presence
+    /// re-reads them. A lagging receiver is told how much it missed.
+    pub fn user_changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.user_changes.subscribe()
     }
 
     /// Session revocations, local and from other instances; the server closes matching connections.
@@ -183,6 +191,10 @@ impl Store {
                 // refill it from a stale query entry.
                 self.queries.invalidate_prefix(&format!("user:{user_id}:"));
                 self.users.invalidate(user_id);
+                let _ = self.user_changes.send(Arc::from(user_id.as_str()));
+            }
+            Invalidation::UserCalls { user_id } => {
+                self.queries.invalidate_prefix(&format!("user:{user_id}:calls:"));
             }
             Invalidation::Session { session_id, .. } => {
                 self.sessions.invalidate_where(|_, s| s.session_id == *session_id);
@@ -408,7 +420,7 @@ impl Store {
 
     async fn invalidate_calls(&self, a: &str, b: &str) {
         for user in [a, b] {
-            self.invalidate(Invalidation::User { user_id: user.to_owned() }).await;
+            self.invalidate(Invalidation::UserCalls { user_id: user.to_owned() }).await;
         }
     }
 

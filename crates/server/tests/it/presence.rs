@@ -164,3 +164,30 @@ async fn a_closed_connection_leaves_after_the_grace() {
     view.until(&mut watcher, "leaver gone", |v| !v.entries.contains_key("leaver")).await;
     assert_eq!(view.left, ["leaver"]);
 }
+
+#[tokio::test]
+async fn a_new_block_removes_each_from_the_others_view_and_names_follow_the_store() {
+    let (a, b) = two_instances(5_000).await;
+    let store = a.store.clone().unwrap();
+    let new = |name: &str| serde_json::from_str(&json!({ "display_name": name }).to_string()).unwrap();
+    let (ann, ben) = (store.create_user(new("Ann")).await.unwrap(), store.create_user(new("Ben")).await.unwrap());
+    let mut ann_c = RawClient::user(a.addr, &ann.id, false).await;
+    let mut ben_c = RawClient::user(a.addr, &ben.id, false).await;
+    let mut ann_view = subscribe(&mut ann_c, "lobby").await;
+    subscribe(&mut ben_c, "lobby").await;
+    ann_view
+        .until(&mut ann_c, "Ben listed", |v| v.entries.get(&ben.id).is_some_and(|e| e["display_name"] == "Ben"))
+        .await;
+
+    store.update_user(&ben.id, serde_json::from_str(r#"{"display_name":"Benjamin"}"#).unwrap()).await.unwrap();
+    ann_view
+        .until(&mut ann_c, "the new name", |v| v.entries.get(&ben.id).is_some_and(|e| e["display_name"] == "Benjamin"))
+        .await;
+
+    store.block(&ann.id, &ben.id).await.unwrap();
+    ann_view.until(&mut ann_c, "Ben hidden", |v| !v.entries.contains_key(&ben.id)).await;
+    // A watcher on the other instance still sees both.
+    let mut watcher = RawClient::user(b.addr, "watcher", false).await;
+    let mut w = subscribe(&mut watcher, "lobby").await;
+    w.until(&mut watcher, "both listed", |v| v.entries.contains_key(&ann.id) && v.entries.contains_key(&ben.id)).await;
+}
