@@ -6,13 +6,17 @@
 //!   serves a listener until drained.
 //! - [`Shutdown`]: the one root token and its children, stopped in order (`shutdown`).
 //! - `descriptors`: the open-file budget checked at start.
-//! - `handlers`: the protocol handler and the echo handler.
+//! - `handlers`: the protocol handler (dispatching to presence and matchmaking) and the echo handler.
+//! - `directory`: what presence and matchmaking read and write in the store.
+//! - `background`: activity recording, revocation closes, presence refreshes.
+//! - [`LocalCluster`]: what several instances in one process share (tests).
 //! - `auth`: the store authenticator (plus development tokens) and anonymous echo.
 //! - `api`: the app backend's HTTP API; `http`: `/health`, `/ready`, `/metrics`.
 //! - `guard`: the memory guard.
 
 mod api;
 mod auth;
+mod background;
 mod config;
 mod descriptors;
 mod directory;
@@ -31,11 +35,8 @@ use rendezvous_bus::Bus;
 use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler};
 use rendezvous_matchmaker::{InProcessLocator, InProcessQueue, Locator, MatchQueue, Matchmaker, MatchmakerDeps};
 use rendezvous_presence::Presence;
-use rendezvous_protocol::CloseCode;
-use rendezvous_store::{Revocation, Store};
+use rendezvous_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
@@ -203,7 +204,7 @@ impl Server {
         warn_about_shortcuts(cfg);
         let auth = StoreAuthenticator::new(store.clone(), cfg.dev_tokens());
         let builder = Gateway::builder(cfg.gateway.clone(), Some(admission))?;
-        phases.domain.tasks().spawn(record_activity(
+        phases.domain.tasks().spawn(background::record_activity(
             builder.handle(),
             store.clone(),
             Duration::from_millis(cfg.store.activity_flush_ms),
@@ -247,9 +248,13 @@ impl Server {
             }
         };
         let handler = handler.with_matchmaker(matchmaker.clone());
-        phases.domain.tasks().spawn(refresh_presence(store.user_changes(), presence.clone(), phases.domain.token()));
+        phases.domain.tasks().spawn(background::refresh_presence(
+            store.user_changes(),
+            presence.clone(),
+            phases.domain.token(),
+        ));
         let gateway = builder.build(auth, handler);
-        let revoked = close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
+        let revoked = background::close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
         phases.domain.tasks().spawn(revoked);
         let http = HttpParts {
             instance: self.instance.clone(),
@@ -283,82 +288,6 @@ async fn serve_gateway<A: Authenticator, H: Handler>(
     }
     tracing::info!("drained");
     Ok(())
-}
-
-/// Records the activity of connections that sent anything during the last period, from
-/// each connection's own last-seen time: one pass per period instead of a store call per
-/// message.
-async fn record_activity(gateway: GatewayHandle, store: Arc<Store>, period: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = rendezvous_store::now_ms();
-        let mut seen: Vec<(Arc<str>, i64)> = Vec::new();
-        gateway.for_each_connection(|conn| {
-            let idle = gateway.idle_for(conn);
-            if idle < period {
-                seen.push((Arc::from(conn.user_id()), now - idle.as_millis() as i64));
-            }
-        });
-        store.record_activity(seen.iter().map(|(user, at)| (&**user, *at)));
-    }
-}
-
-/// Has presence re-read users whose profile or blocks changed (edits, blocks after a call),
-/// so display names and block filters follow the store on every instance.
-async fn refresh_presence(
-    mut changes: broadcast::Receiver<Arc<str>>,
-    presence: rendezvous_presence::PresenceHandle<Connection>,
-    stop: CancellationToken,
-) {
-    loop {
-        let received = tokio::select! {
-            () = stop.cancelled() => return,
-            r = changes.recv() => r,
-        };
-        match received {
-            Ok(user) => {
-                if presence.refresh(&user).is_err() {
-                    warn!(user_id = %user, "presence is busy; a profile change shows at the user's next connection");
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(missed = n, "user-change stream lagged; some profile changes show at the users' next connection")
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Closes the live connections of revoked sessions (4001), whichever instance revoked them.
-async fn close_revoked(
-    mut revocations: broadcast::Receiver<Revocation>,
-    gateway: GatewayHandle,
-    stop: CancellationToken,
-) {
-    loop {
-        let received = tokio::select! {
-            () = stop.cancelled() => return,
-            r = revocations.recv() => r,
-        };
-        match received {
-            Ok(r) => {
-                for conn in gateway.connections_of(&r.user_id) {
-                    if r.session_id.is_none() || conn.session_id() == r.session_id.as_deref() {
-                        conn.close(CloseCode::SessionRevoked, CloseCode::SessionRevoked.default_reason());
-                    }
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(missed = n, "revocation stream lagged; some connections may outlive their session")
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
 }
 
 /// Says at every start, loudly, which development shortcuts are on, and what a
