@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::http::HttpUrl;
 
+mod domain;
+pub use domain::{MatchmakingArgs, PresenceArgs};
+
 /// Load generator for Rendezvous: many authenticated WebSocket connections and app API
 /// calls from loopback source addresses, bounded in count and time.
 #[derive(Debug, Parser)]
@@ -53,6 +56,24 @@ pub enum Command {
     /// Zipf(--zipf-s) over a seeded popularity order. Reports requests/s, latency and the
     /// user/query cache hit rates over the reads.
     Zipf(ZipfArgs),
+    /// Presence fan-out: N subscribers of one topic, C of them changing state at rate R.
+    ///
+    /// Connects N users (dev tokens), samples the server's memory, subscribes all of them
+    /// to one topic, samples again (memory per subscription), then for --duration-secs the
+    /// first C send `presence.set` (available/away alternately, a new status each time) at
+    /// R per second in total. Reports presence entries delivered per second (snapshot
+    /// entries + diff joins/updates/leaves over all subscribers), how far behind the first
+    /// subscriber of the same `seq` the others received it (the diffs carry no tick time),
+    /// the server's CPU (--server-pid) and bytes out (/health).
+    Presence(PresenceArgs),
+    /// Matchmaking: M users join, accept, signal, hang up, for K rounds.
+    ///
+    /// Creates M users with sessions (app API), connects them, and each round every user
+    /// joins the queue, accepts its proposal, exchanges --signals `call.signal`s with the
+    /// peer on `match.confirmed` (each carrying its send time) and the offerer hangs up.
+    /// Reports matches per second, join → confirmed latency, signal relay latency and any
+    /// user with two overlapping calls (a double match).
+    Matchmaking(MatchmakingArgs),
     /// Fetch /health once and print the connection and memory figures.
     Health(HealthArgs),
     /// Diff two JSON summaries figure by figure.

@@ -1,0 +1,376 @@
+//! The `matchmaking` scenario: M users with real profiles join the queue together, accept
+//! their proposal, exchange `call.signal`s stamped with their send time, and the offerer
+//! hangs up once both sides have sent and received everything; K rounds of that.
+//!
+//! Users are created through the app API (matchmaking refuses users without a profile).
+//! Re-meeting across rounds needs the server's `matchmaking.cooldown_ms` short.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rendezvous_protocol::{CallHangup, CallSignal, ClientMessage, MatchAccept, MatchJoin, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cli::{MatchmakingArgs, Store};
+use crate::connect::Target;
+use crate::progress::Progress;
+use crate::rawws::{Incoming, RawWs};
+use crate::report::Latency;
+use crate::scenario::conns::{self, count};
+use crate::scenario::matchmaking_report::{CallSeen, Event, Report, Round, Stamp, double_matches, parse};
+use crate::scenario::setup;
+use crate::summary;
+use crate::usage::{Reading, Spent, cpu_ticks};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    Hold,
+    Round(usize),
+    Close,
+}
+
+/// Spaces signal sends over all users to at most `rate` per second (0: no spacing).
+struct Pacer {
+    gap: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    /// When the caller may send its next message.
+    fn slot(&self) -> Instant {
+        let now = Instant::now();
+        let Some(gap) = self.gap else { return now };
+        let Ok(mut next) = self.next.lock() else { return now };
+        let at = (*next).max(now);
+        *next = at + gap;
+        at
+    }
+}
+
+/// A user's end of one round.
+#[derive(Debug, Default, Clone, Copy)]
+struct RoundDone {
+    confirmed_us: Option<u64>,
+    first_signal_us: Option<u64>,
+    last_signal_us: Option<u64>,
+}
+
+/// What one user saw over the run.
+#[derive(Default)]
+struct Seen {
+    calls: Vec<CallSeen>,
+    time_to_match_us: Vec<u64>,
+    relay_us: Vec<u64>,
+    errors: BTreeMap<String, usize>,
+    cancelled: BTreeMap<String, usize>,
+    dropped: Option<String>,
+}
+
+pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
+    let origin = Instant::now();
+    let progress = Progress::start("matchmaking");
+    let health = args.target.health_url(args.conns.health_url.as_ref());
+    let store = Store {
+        api_key: args.api_key.clone(),
+        setup_concurrency: args.setup_concurrency,
+        user_prefix: args.user_prefix.clone(),
+        health_url: args.conns.health_url.clone(),
+        max: args.conns.max,
+    };
+    let made = setup::make_users(&args.target, &store, args.users, true, &progress, deadline).await;
+    let target = Target {
+        addr: args.target.addr(),
+        path: args.conns.path.clone(),
+        deflate: false,
+        timeout: args.conns.connect_timeout,
+    };
+    progress.phase("connecting", made.tokens.len());
+    let opened =
+        conns::open_all(&target, &args.sources.addrs(), &made.tokens, args.conns.concurrency, &progress, deadline)
+            .await;
+    let connected = opened.connected();
+    progress.note(&format!("connected {connected}/{} in {:.1} s", made.tokens.len(), opened.secs));
+
+    let (stage_tx, stage_rx) = watch::channel(Stage::Hold);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RoundDone>();
+    let pacer = Arc::new(Pacer {
+        gap: (args.signal_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.signal_rate)),
+        next: Mutex::new(Instant::now()),
+    });
+    let mut tasks = JoinSet::new();
+    for (ws, user) in opened.conns.into_iter().zip(&made.user_ids) {
+        let Some(ws) = ws else { continue };
+        let user = User {
+            id: user.clone(),
+            ws,
+            stage: stage_rx.clone(),
+            done: done_tx.clone(),
+            pacer: pacer.clone(),
+            signals: args.signals,
+            origin,
+        };
+        tasks.spawn(user.run());
+    }
+    drop(done_tx);
+
+    let (before, client_before) = (Reading::take(Some(&health), args.conns.server_pid).await, own_cpu_ticks());
+    let (mut rounds, mut signal_secs) = (Vec::new(), 0.0);
+    for k in 0..args.rounds {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let start_us = micros(origin, Instant::now());
+        let _ = stage_tx.send(Stage::Round(k));
+        progress.phase(&format!("round {}", k + 1), connected);
+        let until = (Instant::now() + args.round).min(deadline);
+        let (mut finished, mut matched, mut last_confirmed) = (0, 0, start_us);
+        let (mut first_sig, mut last_sig) = (u64::MAX, 0);
+        while finished < connected {
+            let Ok(Some(d)) = tokio::time::timeout_at(until, done_rx.recv()).await else { break };
+            finished += 1;
+            progress.item(d.confirmed_us.is_some());
+            if let Some(c) = d.confirmed_us {
+                matched += 1;
+                last_confirmed = last_confirmed.max(c);
+            }
+            first_sig = first_sig.min(d.first_signal_us.unwrap_or(u64::MAX));
+            last_sig = last_sig.max(d.last_signal_us.unwrap_or(0));
+        }
+        let match_secs = (last_confirmed - start_us) as f64 / 1e6;
+        if last_sig > first_sig {
+            signal_secs += (last_sig - first_sig) as f64 / 1e6;
+        }
+        let round = Round {
+            name: (k + 1).to_string(),
+            matches: matched / 2,
+            match_secs,
+            matches_per_sec: (matched / 2) as f64 / match_secs.max(1e-9),
+            unfinished: connected - finished,
+        };
+        progress.note(&format!(
+            "round {}: {} matches in {:.2} s ({:.0}/s), {} unfinished",
+            round.name, round.matches, round.match_secs, round.matches_per_sec, round.unfinished
+        ));
+        rounds.push(round);
+    }
+    let (after, client_after) = (Reading::take(Some(&health), args.conns.server_pid).await, own_cpu_ticks());
+    let _ = stage_tx.send(Stage::Close);
+    progress.phase("closing", connected);
+    let mut seen = Vec::new();
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline + Duration::from_secs(6), tasks.join_next()).await {
+        if let Ok(s) = joined {
+            progress.item(s.dropped.is_none());
+            seen.push(s);
+        }
+    }
+    tasks.abort_all();
+    progress.finish();
+
+    let server = Spent::between(&before, &after);
+    let (mut calls, mut ttm, mut relay) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut errors, mut cancelled, mut dropped) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for s in seen {
+        calls.extend(s.calls);
+        ttm.extend(s.time_to_match_us);
+        relay.extend(s.relay_us);
+        for (code, n) in s.errors {
+            count(&mut errors, code, n);
+        }
+        for (reason, n) in s.cancelled {
+            count(&mut cancelled, reason, n);
+        }
+        if let Some(reason) = s.dropped {
+            count(&mut dropped, reason, 1);
+        }
+    }
+    let matches: usize = rounds.iter().map(|r| r.matches).sum();
+    let match_secs: f64 = rounds.iter().map(|r| r.match_secs).sum();
+    let signals_relayed = relay.len();
+    let report = Report {
+        scenario: "matchmaking".into(),
+        target_addr: format!("ws://{}{}", target.addr, target.path),
+        users: args.users,
+        rounds_requested: args.rounds,
+        signals_per_side: args.signals,
+        signal_rate: args.signal_rate,
+        setup: made.report,
+        connected,
+        failed: opened.failed,
+        dropped,
+        error_frames: errors,
+        cancelled,
+        rounds,
+        matches,
+        matches_per_sec: matches as f64 / match_secs.max(1e-9),
+        time_to_match: Latency::of(&mut ttm),
+        double_matches: double_matches(&calls),
+        signals_relayed,
+        signals_per_sec: if signal_secs > 0.0 { signals_relayed as f64 / signal_secs } else { 0.0 },
+        relay_latency: Latency::of(&mut relay),
+        client_cores_used: match (client_before, client_after) {
+            (Some(a), Some(b)) if server.secs > 0.0 => Some((b - a) as f64 / 100.0 / server.secs),
+            _ => None,
+        },
+        server,
+        elapsed_secs: origin.elapsed().as_secs_f64(),
+    };
+    if let Err(e) = summary::emit(&args.output, &report, &report.table()) {
+        eprintln!("rendezvous-loadtest: {e}");
+        return ExitCode::FAILURE;
+    }
+    let all_good = report.failed.is_empty()
+        && report.dropped.is_empty()
+        && report.double_matches.total() == 0
+        && report.rounds.iter().all(|r| r.unfinished == 0);
+    if all_good { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn micros(origin: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(origin).as_micros() as u64
+}
+
+fn own_cpu_ticks() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| cpu_ticks(&s))
+}
+
+/// The call a user is in.
+struct InCall {
+    id: String,
+    offerer: bool,
+    sent: usize,
+    received: usize,
+    next_send: Option<Instant>,
+    hung_up: bool,
+}
+
+struct User {
+    id: String,
+    ws: RawWs,
+    stage: watch::Receiver<Stage>,
+    done: mpsc::UnboundedSender<RoundDone>,
+    pacer: Arc<Pacer>,
+    signals: usize,
+    origin: Instant,
+}
+
+impl User {
+    async fn run(mut self) -> Seen {
+        let mut seen = Seen::default();
+        match self.serve(&mut seen).await {
+            Ok(()) => {
+                if !self.ws.close().await {
+                    seen.dropped = Some("close not answered".into());
+                }
+            }
+            Err(e) => seen.dropped = Some(e),
+        }
+        seen
+    }
+
+    async fn serve(&mut self, seen: &mut Seen) -> Result<(), String> {
+        let (mut in_round, mut join_at, mut call) = (false, Instant::now(), None::<InCall>);
+        let mut round = RoundDone::default();
+        let far = Instant::now() + Duration::from_secs(86_400);
+        loop {
+            let next_send = call.as_ref().and_then(|c| c.next_send);
+            tokio::select! {
+                biased;
+                changed = self.stage.changed() => {
+                    if changed.is_err() { return Ok(()); }
+                    let stage = *self.stage.borrow_and_update();
+                    match stage {
+                        Stage::Hold => {}
+                        Stage::Round(_) if in_round => {}
+                        Stage::Round(_) => {
+                            in_round = true;
+                            round = RoundDone::default();
+                            join_at = Instant::now();
+                            self.ws.send_text(&ClientMessage::from(MatchJoin::default()).to_json()).await?;
+                        }
+                        Stage::Close => return Ok(()),
+                    }
+                }
+                () = tokio::time::sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
+                    let Some(c) = call.as_mut() else { continue };
+                    let now_us = self.now_us();
+                    let kind = match (c.sent, c.offerer) {
+                        (0, true) => SignalKind::Offer,
+                        (0, false) => SignalKind::Answer,
+                        _ => SignalKind::Ice,
+                    };
+                    let payload = serde_json::to_value(Stamp { t: now_us, n: c.sent as u32 }).unwrap_or_default();
+                    let msg = ClientMessage::from(CallSignal { call_id: c.id.clone(), kind, payload });
+                    self.ws.send_text(&msg.to_json()).await?;
+                    round.first_signal_us.get_or_insert(now_us);
+                    c.sent += 1;
+                    c.next_send = (c.sent < self.signals).then(|| self.pacer.slot());
+                    self.maybe_hang_up(c).await?;
+                }
+                msg = self.ws.next() => match msg? {
+                    Incoming::Ping(p) => self.ws.pong(&p).await?,
+                    Incoming::Close(code) => return Err(format!("server closed ({code:?})")),
+                    Incoming::Text(text) => {
+                        let now_us = self.now_us();
+                        match parse(&text) {
+                            Ok(Event::Proposed { proposal_id }) => {
+                                self.ws.send_text(&ClientMessage::from(MatchAccept { proposal_id }).to_json()).await?;
+                            }
+                            Ok(Event::Confirmed { call_id, peer, offerer }) => {
+                                seen.time_to_match_us.push(join_at.elapsed().as_micros() as u64);
+                                round.confirmed_us = Some(now_us);
+                                seen.calls.push(CallSeen { user: self.id.clone(), call_id: call_id.clone(), peer, confirmed_us: now_us, ended_us: None });
+                                let next_send = (self.signals > 0).then(|| self.pacer.slot());
+                                let mut c = InCall { id: call_id, offerer, sent: 0, received: 0, next_send, hung_up: false };
+                                self.maybe_hang_up(&mut c).await?;
+                                call = Some(c);
+                            }
+                            Ok(Event::Signal { call_id, stamp }) => {
+                                if let Some(s) = stamp {
+                                    seen.relay_us.push(now_us.saturating_sub(s.t));
+                                }
+                                round.last_signal_us = Some(now_us);
+                                if let Some(c) = call.as_mut().filter(|c| c.id == call_id) {
+                                    c.received += 1;
+                                    self.maybe_hang_up(c).await?;
+                                }
+                            }
+                            Ok(Event::Ended { call_id }) => {
+                                if let Some(last) = seen.calls.iter_mut().rev().find(|c| c.call_id == call_id) {
+                                    last.ended_us = Some(now_us);
+                                }
+                                if call.as_ref().is_some_and(|c| c.id == call_id) {
+                                    call = None;
+                                    in_round = false;
+                                    let _ = self.done.send(round);
+                                }
+                            }
+                            Ok(Event::Cancelled { reason }) => {
+                                count(&mut seen.cancelled, reason, 1);
+                            }
+                            Ok(Event::Error { code }) => count(&mut seen.errors, code, 1),
+                            Ok(Event::Queued | Event::Other(_)) => {}
+                            Err(e) => count(&mut seen.errors, e, 1),
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The offerer ends the call once it has sent and received every signal.
+    async fn maybe_hang_up(&mut self, c: &mut InCall) -> Result<(), String> {
+        if c.offerer && !c.hung_up && c.sent >= self.signals && c.received >= self.signals {
+            c.hung_up = true;
+            self.ws.send_text(&ClientMessage::from(CallHangup { call_id: c.id.clone() }).to_json()).await?;
+        }
+        Ok(())
+    }
+
+    fn now_us(&self) -> u64 {
+        micros(self.origin, Instant::now())
+    }
+}
