@@ -89,6 +89,7 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
             subscribed: subscribed.clone(),
             subscribe: subscribe.clone(),
             changer,
+            index: i,
             origin,
             deadline,
         };
@@ -234,6 +235,7 @@ struct Conn {
     subscribed: Arc<AtomicUsize>,
     subscribe: String,
     changer: Option<Schedule>,
+    index: usize,
     origin: Instant,
     deadline: Instant,
 }
@@ -266,7 +268,7 @@ impl Conn {
                 }
                 () = tokio::time::sleep_until(next_change.unwrap_or(far)), if next_change.is_some() => {
                     let (Some(s), Some(at), Some(end)) = (self.changer, next_change, change_end) else { continue };
-                    let change = set_message(k);
+                    let change = set_message(self.index, k);
                     k += 1;
                     if let Err(e) = self.ws.send_text(&change).await {
                         seen.dropped = Some(e);
@@ -313,9 +315,12 @@ impl Conn {
     }
 }
 
-/// The k-th change of a changer: state alternates, the status is always new.
-fn set_message(k: u64) -> String {
-    let state = if k % 2 == 0 { SettableState::Away } else { SettableState::Available };
+/// The k-th change of changer `i`: state alternates, and the status is always new. Even
+/// changers start `available`, odd ones `away`, so every tick has users turning
+/// available — they go to the top of the window, so every tick changes it (with all
+/// changers in step, whole ticks would only turn away users below the window).
+fn set_message(i: usize, k: u64) -> String {
+    let state = if (k + i as u64) % 2 == 0 { SettableState::Available } else { SettableState::Away };
     ClientMessage::from(PresenceSet { state: Some(state), status: Some(format!("load {k}")) }).to_json()
 }
 
@@ -325,9 +330,10 @@ mod tests {
 
     #[test]
     fn changes_alternate_and_always_differ() {
-        let (a, b) = (set_message(0), set_message(1));
-        assert!(a.contains(r#""state":"away""#) && b.contains(r#""state":"available""#), "{a} {b}");
+        let (a, b) = (set_message(0, 0), set_message(0, 1));
+        assert!(a.contains(r#""state":"available""#) && b.contains(r#""state":"away""#), "{a} {b}");
         assert!(a.contains("load 0") && b.contains("load 1"));
+        assert!(set_message(1, 0).contains(r#""state":"away""#) && set_message(1, 1).contains("available"));
         assert!(a.contains(r#""type":"presence.set""#));
     }
 }
