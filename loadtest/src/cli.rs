@@ -69,10 +69,11 @@ pub enum Command {
     /// Matchmaking: M users join, accept, signal, hang up, for K rounds.
     ///
     /// Creates M users with sessions (app API), connects them, and each round every user
-    /// joins the queue, accepts its proposal, exchanges --signals `call.signal`s with the
-    /// peer on `match.confirmed` (each carrying its send time) and the offerer hangs up.
-    /// Reports matches per second, join → confirmed latency, signal relay latency and any
-    /// user with two overlapping calls (a double match).
+    /// joins the queue (again after `busy`/`unavailable`, 50-150 ms later) and accepts its
+    /// proposal; once all are in calls (or matching stalls for 5 s) each side sends
+    /// --signals `call.signal`s stamped with their send time, at --signal-rate in total,
+    /// and the offerer hangs up. Reports matches per second, join → confirmed latency,
+    /// relay latency and any user with two overlapping calls (a double match).
     Matchmaking(MatchmakingArgs),
     /// Fetch /health once and print the connection and memory figures.
     Health(HealthArgs),

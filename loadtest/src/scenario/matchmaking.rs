@@ -26,10 +26,16 @@ use crate::scenario::setup;
 use crate::summary;
 use crate::usage::{Reading, Spent, cpu_ticks};
 
+/// Matching that has made no progress this long is over for the round.
+const STALL: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Stage {
     Hold,
+    /// Join the queue and accept the proposal.
     Round(usize),
+    /// Every call is up: exchange the signals, then hang up.
+    Signal,
     Close,
 }
 
@@ -54,9 +60,17 @@ impl Pacer {
 /// A user's end of one round.
 #[derive(Debug, Default, Clone, Copy)]
 struct RoundDone {
-    confirmed_us: Option<u64>,
     first_signal_us: Option<u64>,
     last_signal_us: Option<u64>,
+}
+
+/// What user tasks tell the main task during a round.
+#[derive(Debug, Clone, Copy)]
+enum Note {
+    /// `match.confirmed` arrived (µs since origin).
+    Confirmed(u64),
+    /// `call.ended` arrived.
+    Done(RoundDone),
 }
 
 /// What one user saw over the run.
@@ -67,6 +81,7 @@ struct Seen {
     relay_us: Vec<u64>,
     errors: BTreeMap<String, usize>,
     cancelled: BTreeMap<String, usize>,
+    join_retries: usize,
     dropped: Option<String>,
 }
 
@@ -96,7 +111,7 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
     progress.note(&format!("connected {connected}/{} in {:.1} s", made.tokens.len(), opened.secs));
 
     let (stage_tx, stage_rx) = watch::channel(Stage::Hold);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RoundDone>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Note>();
     let pacer = Arc::new(Pacer {
         gap: (args.signal_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.signal_rate)),
         next: Mutex::new(Instant::now()),
@@ -129,16 +144,39 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
         let until = (Instant::now() + args.round).min(deadline);
         let (mut finished, mut matched, mut last_confirmed) = (0, 0, start_us);
         let (mut first_sig, mut last_sig) = (u64::MAX, 0);
+        let mut signaling = false;
         while finished < connected {
-            let Ok(Some(d)) = tokio::time::timeout_at(until, done_rx.recv()).await else { break };
-            finished += 1;
-            progress.item(d.confirmed_us.is_some());
-            if let Some(c) = d.confirmed_us {
-                matched += 1;
-                last_confirmed = last_confirmed.max(c);
+            if !signaling && matched == connected {
+                // Matching is done: relay latency is measured on its own, at --signal-rate.
+                signaling = true;
+                let _ = stage_tx.send(Stage::Signal);
+                progress.phase(&format!("round {} signaling", k + 1), matched);
             }
-            first_sig = first_sig.min(d.first_signal_us.unwrap_or(u64::MAX));
-            last_sig = last_sig.max(d.last_signal_us.unwrap_or(0));
+            let wait = if signaling { until } else { (Instant::now() + STALL).min(until) };
+            let note = match tokio::time::timeout_at(wait, done_rx.recv()).await {
+                Ok(Some(note)) => note,
+                Ok(None) => break,
+                // No confirmation for a while: signal with the calls there are.
+                Err(_) if !signaling && Instant::now() < until => {
+                    signaling = true;
+                    let _ = stage_tx.send(Stage::Signal);
+                    continue;
+                }
+                Err(_) => break,
+            };
+            match note {
+                Note::Confirmed(c) => {
+                    progress.item(true);
+                    matched += 1;
+                    last_confirmed = last_confirmed.max(c);
+                }
+                Note::Done(d) => {
+                    progress.item(true);
+                    finished += 1;
+                    first_sig = first_sig.min(d.first_signal_us.unwrap_or(u64::MAX));
+                    last_sig = last_sig.max(d.last_signal_us.unwrap_or(0));
+                }
+            }
         }
         let match_secs = (last_confirmed - start_us) as f64 / 1e6;
         if last_sig > first_sig {
@@ -173,7 +211,9 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
     let server = Spent::between(&before, &after);
     let (mut calls, mut ttm, mut relay) = (Vec::new(), Vec::new(), Vec::new());
     let (mut errors, mut cancelled, mut dropped) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut join_retries = 0;
     for s in seen {
+        join_retries += s.join_retries;
         calls.extend(s.calls);
         ttm.extend(s.time_to_match_us);
         relay.extend(s.relay_us);
@@ -203,6 +243,7 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
         dropped,
         error_frames: errors,
         cancelled,
+        join_retries,
         rounds,
         matches,
         matches_per_sec: matches as f64 / match_secs.max(1e-9),
@@ -244,6 +285,8 @@ struct InCall {
     sent: usize,
     received: usize,
     next_send: Option<Instant>,
+    /// The `Signal` stage has begun for this call.
+    signaling: bool,
     hung_up: bool,
 }
 
@@ -251,7 +294,7 @@ struct User {
     id: String,
     ws: RawWs,
     stage: watch::Receiver<Stage>,
-    done: mpsc::UnboundedSender<RoundDone>,
+    done: mpsc::UnboundedSender<Note>,
     pacer: Arc<Pacer>,
     signals: usize,
     origin: Instant,
@@ -273,6 +316,8 @@ impl User {
 
     async fn serve(&mut self, seen: &mut Seen) -> Result<(), String> {
         let (mut in_round, mut join_at, mut call) = (false, Instant::now(), None::<InCall>);
+        // Between `match.join` and `match.confirmed`: queued or proposed.
+        let (mut queued, mut rejoin) = (false, None::<Instant>);
         let mut round = RoundDone::default();
         let far = Instant::now() + Duration::from_secs(86_400);
         loop {
@@ -291,8 +336,20 @@ impl User {
                             join_at = Instant::now();
                             self.ws.send_text(&ClientMessage::from(MatchJoin::default()).to_json()).await?;
                         }
+                        Stage::Signal => {
+                            if let Some(c) = call.as_mut() {
+                                c.signaling = true;
+                                c.next_send = (self.signals > 0).then(|| self.pacer.slot());
+                                self.maybe_hang_up(c).await?;
+                            }
+                        }
                         Stage::Close => return Ok(()),
                     }
+                }
+                () = tokio::time::sleep_until(rejoin.unwrap_or(far)), if rejoin.is_some() => {
+                    rejoin = None;
+                    seen.join_retries += 1;
+                    self.ws.send_text(&ClientMessage::from(MatchJoin::default()).to_json()).await?;
                 }
                 () = tokio::time::sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                     let Some(c) = call.as_mut() else { continue };
@@ -316,17 +373,24 @@ impl User {
                     Incoming::Text(text) => {
                         let now_us = self.now_us();
                         match parse(&text) {
+                            Ok(Event::Queued) => queued = true,
                             Ok(Event::Proposed { proposal_id }) => {
                                 self.ws.send_text(&ClientMessage::from(MatchAccept { proposal_id }).to_json()).await?;
                             }
                             Ok(Event::Confirmed { call_id, peer, offerer }) => {
+                                queued = false;
                                 seen.time_to_match_us.push(join_at.elapsed().as_micros() as u64);
-                                round.confirmed_us = Some(now_us);
+                                let _ = self.done.send(Note::Confirmed(now_us));
                                 seen.calls.push(CallSeen { user: self.id.clone(), call_id: call_id.clone(), peer, confirmed_us: now_us, ended_us: None });
-                                let next_send = (self.signals > 0).then(|| self.pacer.slot());
-                                let mut c = InCall { id: call_id, offerer, sent: 0, received: 0, next_send, hung_up: false };
-                                self.maybe_hang_up(&mut c).await?;
-                                call = Some(c);
+                                call = Some(InCall {
+                                    id: call_id,
+                                    offerer,
+                                    sent: 0,
+                                    received: 0,
+                                    next_send: None,
+                                    signaling: false,
+                                    hung_up: false,
+                                });
                             }
                             Ok(Event::Signal { call_id, stamp }) => {
                                 if let Some(s) = stamp {
@@ -345,14 +409,25 @@ impl User {
                                 if call.as_ref().is_some_and(|c| c.id == call_id) {
                                     call = None;
                                     in_round = false;
-                                    let _ = self.done.send(round);
+                                    let _ = self.done.send(Note::Done(round));
                                 }
                             }
-                            Ok(Event::Cancelled { reason }) => {
+                            Ok(Event::Cancelled { reason, requeued }) => {
                                 count(&mut seen.cancelled, reason, 1);
+                                queued = requeued;
+                                if !requeued && in_round {
+                                    rejoin = Some(Instant::now() + self.retry_delay());
+                                }
                             }
-                            Ok(Event::Error { code }) => count(&mut seen.errors, code, 1),
-                            Ok(Event::Queued | Event::Other(_)) => {}
+                            Ok(Event::Error { code }) => {
+                                // `busy` (lookups or queue full) and `unavailable` (the
+                                // directory timed out): a client retries the join shortly.
+                                if matches!(code.as_str(), "busy" | "unavailable") && in_round && !queued && call.is_none() {
+                                    rejoin = Some(Instant::now() + self.retry_delay());
+                                }
+                                count(&mut seen.errors, code, 1);
+                            }
+                            Ok(Event::Other(_)) => {}
                             Err(e) => count(&mut seen.errors, e, 1),
                         }
                     }
@@ -363,11 +438,17 @@ impl User {
 
     /// The offerer ends the call once it has sent and received every signal.
     async fn maybe_hang_up(&mut self, c: &mut InCall) -> Result<(), String> {
-        if c.offerer && !c.hung_up && c.sent >= self.signals && c.received >= self.signals {
+        if c.offerer && c.signaling && !c.hung_up && c.sent >= self.signals && c.received >= self.signals {
             c.hung_up = true;
             self.ws.send_text(&ClientMessage::from(CallHangup { call_id: c.id.clone() }).to_json()).await?;
         }
         Ok(())
+    }
+
+    /// 50–150 ms, spread by user so retries do not come back as one burst.
+    fn retry_delay(&self) -> Duration {
+        let spread = self.id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Duration::from_millis(50 + spread % 100)
     }
 
     fn now_us(&self) -> u64 {

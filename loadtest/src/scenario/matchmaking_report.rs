@@ -34,6 +34,7 @@ struct Frame {
     payload: Option<Stamp>,
     code: Option<String>,
     reason: Option<String>,
+    requeued: Option<bool>,
 }
 
 /// A server frame the scenario acts on.
@@ -42,7 +43,7 @@ pub enum Event {
     Queued,
     Proposed { proposal_id: String },
     Confirmed { call_id: String, peer: String, offerer: bool },
-    Cancelled { reason: String },
+    Cancelled { reason: String, requeued: bool },
     Signal { call_id: String, stamp: Option<Stamp> },
     Ended { call_id: String },
     Error { code: String },
@@ -61,7 +62,9 @@ pub fn parse(text: &str) -> Result<Event, String> {
             peer: f.peer.map(|p| p.user_id).ok_or("match.confirmed without peer")?,
             offerer: f.role.as_deref() == Some("offerer"),
         },
-        "match.cancelled" => Event::Cancelled { reason: f.reason.unwrap_or_default() },
+        "match.cancelled" => {
+            Event::Cancelled { reason: f.reason.unwrap_or_default(), requeued: f.requeued.unwrap_or(false) }
+        }
         "call.signal" => Event::Signal { call_id: need(f.call_id, "call_id")?, stamp: f.payload },
         "call.ended" => Event::Ended { call_id: need(f.call_id, "call_id")? },
         "error" => Event::Error { code: f.code.unwrap_or_else(|| "no code".into()) },
@@ -144,6 +147,8 @@ pub struct Report {
     pub dropped: BTreeMap<String, usize>,
     pub error_frames: BTreeMap<String, usize>,
     pub cancelled: BTreeMap<String, usize>,
+    /// `match.join`s sent again after `busy` (or a cancel that left the queue).
+    pub join_retries: usize,
     pub rounds: Vec<Round>,
     pub matches: usize,
     /// All matches over the summed match phases.
@@ -194,6 +199,7 @@ impl Report {
                 row(&format!("  {reason}"), n.to_string());
             }
         }
+        row("join retries (after busy)", self.join_retries.to_string());
         for r in &self.rounds {
             row(
                 &format!("round {}", r.name),
@@ -239,6 +245,10 @@ mod tests {
             Ok(Event::Ended { call_id: "c1".into() })
         );
         assert_eq!(parse(r#"{"type":"error","code":"busy"}"#), Ok(Event::Error { code: "busy".into() }));
+        assert_eq!(
+            parse(r#"{"type":"match.cancelled","proposal_id":"p","reason":"peer_timeout","requeued":true}"#),
+            Ok(Event::Cancelled { reason: "peer_timeout".into(), requeued: true })
+        );
         assert!(parse(r#"{"type":"match.confirmed","call_id":"c"}"#).unwrap_err().contains("peer"));
         assert!(parse("nope").is_err());
     }
