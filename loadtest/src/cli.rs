@@ -408,6 +408,10 @@ mod tests {
              --api-key k",
             "zipf --port 18190 --max-secs 300 --json --users 10000 --reads 200000 --zipf-s 1.0 \
              --concurrency 32 --api-key k",
+            "presence --port 18421 --source-count 2 --subscribers 10000 --changers 5000 --change-rate 1000 \
+             --settle-secs 5 --duration-secs 20 --max-secs 180 --server-pid 42 --deflate --json p.json",
+            "matchmaking --port 18450 --api-key loadtest-0123456789abcdef --source-count 2 --users 4000 \
+             --rounds 3 --signals 10 --signal-rate 20000 --max-secs 300 --server-pid 42 --json m.json",
         ] {
             parse(cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
         }

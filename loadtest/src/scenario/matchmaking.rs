@@ -391,6 +391,15 @@ impl User {
                                     signaling: false,
                                     hung_up: false,
                                 });
+                                // Confirmed after the signal stage began (matching had
+                                // stalled): signal at once.
+                                if *self.stage.borrow() == Stage::Signal {
+                                    if let Some(c) = call.as_mut() {
+                                        c.signaling = true;
+                                        c.next_send = (self.signals > 0).then(|| self.pacer.slot());
+                                        self.maybe_hang_up(c).await?;
+                                    }
+                                }
                             }
                             Ok(Event::Signal { call_id, stamp }) => {
                                 if let Some(s) = stamp {
@@ -453,5 +462,20 @@ impl User {
 
     fn now_us(&self) -> u64 {
         micros(self.origin, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_spaces_slots_and_never_waits_without_a_rate() {
+        let gap = Duration::from_millis(10);
+        let paced = Pacer { gap: Some(gap), next: Mutex::new(Instant::now()) };
+        let slots: Vec<Instant> = (0..4).map(|_| paced.slot()).collect();
+        assert!(slots.windows(2).all(|w| w[1] - w[0] == gap), "{slots:?}");
+        let free = Pacer { gap: None, next: Mutex::new(Instant::now() + Duration::from_secs(60)) };
+        assert!(free.slot() <= Instant::now());
     }
 }
