@@ -10,7 +10,7 @@
 //! - `fork`: `--processes`, to stay under the per-process open-file cap.
 //! - `health`: `/health` and `/proc/<pid>/status` sampling; `cache`: `/health` cache counters.
 //! - `http`: hyper's HTTP/1.1 client for the app API and `/health`; `pool`: jobs on N workers.
-//! - `scenario::presence`, `scenario::matchmaking` (with `scenario::conns`): the domain
+//! - `scenario::presence`, `scenario::matchmaking` (+ `_report`, `_user`; `scenario::conns`): the domain
 //!   benchmarks, over `rawws` (a small client that reads permessage-deflate frames).
 //! - `usage`: the server's CPU (`/proc/<pid>/stat`) and bytes out (`/health`) over a run.
 //! - `dist`: seeded RNG and the Zipf sampler.

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rendezvous_protocol::{CallHangup, CallSignal, ClientMessage, MatchAccept, MatchJoin, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -18,10 +17,10 @@ use tokio::time::Instant;
 use crate::cli::{MatchmakingArgs, Store};
 use crate::connect::Target;
 use crate::progress::Progress;
-use crate::rawws::{Incoming, RawWs};
 use crate::report::Latency;
 use crate::scenario::conns::{self, count};
-use crate::scenario::matchmaking_report::{CallSeen, Event, Report, Round, Stamp, double_matches, parse};
+use crate::scenario::matchmaking_report::{CallSeen, Report, Round, double_matches};
+use crate::scenario::matchmaking_user::User;
 use crate::scenario::setup;
 use crate::summary;
 use crate::usage::{Reading, Spent, cpu_ticks};
@@ -30,7 +29,7 @@ use crate::usage::{Reading, Spent, cpu_ticks};
 const STALL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Stage {
+pub(super) enum Stage {
     Hold,
     /// Join the queue and accept the proposal.
     Round(usize),
@@ -40,14 +39,14 @@ enum Stage {
 }
 
 /// Spaces signal sends over all users to at most `rate` per second (0: no spacing).
-struct Pacer {
+pub(super) struct Pacer {
     gap: Option<Duration>,
     next: Mutex<Instant>,
 }
 
 impl Pacer {
     /// When the caller may send its next message.
-    fn slot(&self) -> Instant {
+    pub(super) fn slot(&self) -> Instant {
         let now = Instant::now();
         let Some(gap) = self.gap else { return now };
         let Ok(mut next) = self.next.lock() else { return now };
@@ -59,14 +58,14 @@ impl Pacer {
 
 /// A user's end of one round.
 #[derive(Debug, Default, Clone, Copy)]
-struct RoundDone {
-    first_signal_us: Option<u64>,
-    last_signal_us: Option<u64>,
+pub(super) struct RoundDone {
+    pub(super) first_signal_us: Option<u64>,
+    pub(super) last_signal_us: Option<u64>,
 }
 
 /// What user tasks tell the main task during a round.
 #[derive(Debug, Clone, Copy)]
-enum Note {
+pub(super) enum Note {
     /// `match.confirmed` arrived (µs since origin).
     Confirmed(u64),
     /// `call.ended` arrived.
@@ -75,14 +74,14 @@ enum Note {
 
 /// What one user saw over the run.
 #[derive(Default)]
-struct Seen {
-    calls: Vec<CallSeen>,
-    time_to_match_us: Vec<u64>,
-    relay_us: Vec<u64>,
-    errors: BTreeMap<String, usize>,
-    cancelled: BTreeMap<String, usize>,
-    join_retries: usize,
-    dropped: Option<String>,
+pub(super) struct Seen {
+    pub(super) calls: Vec<CallSeen>,
+    pub(super) time_to_match_us: Vec<u64>,
+    pub(super) relay_us: Vec<u64>,
+    pub(super) errors: BTreeMap<String, usize>,
+    pub(super) cancelled: BTreeMap<String, usize>,
+    pub(super) join_retries: usize,
+    pub(super) dropped: Option<String>,
 }
 
 pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
@@ -270,199 +269,12 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
     if all_good { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn micros(origin: Instant, t: Instant) -> u64 {
+pub(super) fn micros(origin: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(origin).as_micros() as u64
 }
 
 fn own_cpu_ticks() -> Option<u64> {
     std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| cpu_ticks(&s))
-}
-
-/// The call a user is in.
-struct InCall {
-    id: String,
-    offerer: bool,
-    sent: usize,
-    received: usize,
-    next_send: Option<Instant>,
-    /// The `Signal` stage has begun for this call.
-    signaling: bool,
-    hung_up: bool,
-}
-
-struct User {
-    id: String,
-    ws: RawWs,
-    stage: watch::Receiver<Stage>,
-    done: mpsc::UnboundedSender<Note>,
-    pacer: Arc<Pacer>,
-    signals: usize,
-    origin: Instant,
-}
-
-impl User {
-    async fn run(mut self) -> Seen {
-        let mut seen = Seen::default();
-        match self.serve(&mut seen).await {
-            Ok(()) => {
-                if !self.ws.close().await {
-                    seen.dropped = Some("close not answered".into());
-                }
-            }
-            Err(e) => seen.dropped = Some(e),
-        }
-        seen
-    }
-
-    async fn serve(&mut self, seen: &mut Seen) -> Result<(), String> {
-        let (mut in_round, mut join_at, mut call) = (false, Instant::now(), None::<InCall>);
-        // Between `match.join` and `match.confirmed`: queued or proposed.
-        let (mut queued, mut rejoin) = (false, None::<Instant>);
-        let mut round = RoundDone::default();
-        let far = Instant::now() + Duration::from_secs(86_400);
-        loop {
-            let next_send = call.as_ref().and_then(|c| c.next_send);
-            tokio::select! {
-                biased;
-                changed = self.stage.changed() => {
-                    if changed.is_err() { return Ok(()); }
-                    let stage = *self.stage.borrow_and_update();
-                    match stage {
-                        Stage::Hold => {}
-                        Stage::Round(_) if in_round => {}
-                        Stage::Round(_) => {
-                            in_round = true;
-                            round = RoundDone::default();
-                            join_at = Instant::now();
-                            self.ws.send_text(&ClientMessage::from(MatchJoin::default()).to_json()).await?;
-                        }
-                        Stage::Signal => {
-                            if let Some(c) = call.as_mut() {
-                                c.signaling = true;
-                                c.next_send = (self.signals > 0).then(|| self.pacer.slot());
-                                self.maybe_hang_up(c).await?;
-                            }
-                        }
-                        Stage::Close => return Ok(()),
-                    }
-                }
-                () = tokio::time::sleep_until(rejoin.unwrap_or(far)), if rejoin.is_some() => {
-                    rejoin = None;
-                    seen.join_retries += 1;
-                    self.ws.send_text(&ClientMessage::from(MatchJoin::default()).to_json()).await?;
-                }
-                () = tokio::time::sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
-                    let Some(c) = call.as_mut() else { continue };
-                    let now_us = self.now_us();
-                    let kind = match (c.sent, c.offerer) {
-                        (0, true) => SignalKind::Offer,
-                        (0, false) => SignalKind::Answer,
-                        _ => SignalKind::Ice,
-                    };
-                    let payload = serde_json::to_value(Stamp { t: now_us, n: c.sent as u32 }).unwrap_or_default();
-                    let msg = ClientMessage::from(CallSignal { call_id: c.id.clone(), kind, payload });
-                    self.ws.send_text(&msg.to_json()).await?;
-                    round.first_signal_us.get_or_insert(now_us);
-                    c.sent += 1;
-                    c.next_send = (c.sent < self.signals).then(|| self.pacer.slot());
-                    self.maybe_hang_up(c).await?;
-                }
-                msg = self.ws.next() => match msg? {
-                    Incoming::Ping(p) => self.ws.pong(&p).await?,
-                    Incoming::Close(code) => return Err(format!("server closed ({code:?})")),
-                    Incoming::Text(text) => {
-                        let now_us = self.now_us();
-                        match parse(&text) {
-                            Ok(Event::Queued) => queued = true,
-                            Ok(Event::Proposed { proposal_id }) => {
-                                self.ws.send_text(&ClientMessage::from(MatchAccept { proposal_id }).to_json()).await?;
-                            }
-                            Ok(Event::Confirmed { call_id, peer, offerer }) => {
-                                queued = false;
-                                seen.time_to_match_us.push(join_at.elapsed().as_micros() as u64);
-                                let _ = self.done.send(Note::Confirmed(now_us));
-                                seen.calls.push(CallSeen { user: self.id.clone(), call_id: call_id.clone(), peer, confirmed_us: now_us, ended_us: None });
-                                call = Some(InCall {
-                                    id: call_id,
-                                    offerer,
-                                    sent: 0,
-                                    received: 0,
-                                    next_send: None,
-                                    signaling: false,
-                                    hung_up: false,
-                                });
-                                // Confirmed after the signal stage began (matching had
-                                // stalled): signal at once.
-                                if *self.stage.borrow() == Stage::Signal {
-                                    if let Some(c) = call.as_mut() {
-                                        c.signaling = true;
-                                        c.next_send = (self.signals > 0).then(|| self.pacer.slot());
-                                        self.maybe_hang_up(c).await?;
-                                    }
-                                }
-                            }
-                            Ok(Event::Signal { call_id, stamp }) => {
-                                if let Some(s) = stamp {
-                                    seen.relay_us.push(now_us.saturating_sub(s.t));
-                                }
-                                round.last_signal_us = Some(now_us);
-                                if let Some(c) = call.as_mut().filter(|c| c.id == call_id) {
-                                    c.received += 1;
-                                    self.maybe_hang_up(c).await?;
-                                }
-                            }
-                            Ok(Event::Ended { call_id }) => {
-                                if let Some(last) = seen.calls.iter_mut().rev().find(|c| c.call_id == call_id) {
-                                    last.ended_us = Some(now_us);
-                                }
-                                if call.as_ref().is_some_and(|c| c.id == call_id) {
-                                    call = None;
-                                    in_round = false;
-                                    let _ = self.done.send(Note::Done(round));
-                                }
-                            }
-                            Ok(Event::Cancelled { reason, requeued }) => {
-                                count(&mut seen.cancelled, reason, 1);
-                                queued = requeued;
-                                if !requeued && in_round {
-                                    rejoin = Some(Instant::now() + self.retry_delay());
-                                }
-                            }
-                            Ok(Event::Error { code }) => {
-                                // `busy` (lookups or queue full) and `unavailable` (the
-                                // directory timed out): a client retries the join shortly.
-                                if matches!(code.as_str(), "busy" | "unavailable") && in_round && !queued && call.is_none() {
-                                    rejoin = Some(Instant::now() + self.retry_delay());
-                                }
-                                count(&mut seen.errors, code, 1);
-                            }
-                            Ok(Event::Other(_)) => {}
-                            Err(e) => count(&mut seen.errors, e, 1),
-                        }
-                    }
-                },
-            }
-        }
-    }
-
-    /// The offerer ends the call once it has sent and received every signal.
-    async fn maybe_hang_up(&mut self, c: &mut InCall) -> Result<(), String> {
-        if c.offerer && c.signaling && !c.hung_up && c.sent >= self.signals && c.received >= self.signals {
-            c.hung_up = true;
-            self.ws.send_text(&ClientMessage::from(CallHangup { call_id: c.id.clone() }).to_json()).await?;
-        }
-        Ok(())
-    }
-
-    /// 50–150 ms, spread by user so retries do not come back as one burst.
-    fn retry_delay(&self) -> Duration {
-        let spread = self.id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        Duration::from_millis(50 + spread % 100)
-    }
-
-    fn now_us(&self) -> u64 {
-        micros(self.origin, Instant::now())
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod conns;
 pub mod idle;
 pub mod matchmaking;
 pub mod matchmaking_report;
+pub mod matchmaking_user;
 pub mod presence;
 pub mod presence_report;
 pub mod setup;
