@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::http::HttpUrl;
 
+mod domain;
+pub use domain::{MatchmakingArgs, PresenceArgs};
+
 /// Load generator for Rendezvous: many authenticated WebSocket connections and app API
 /// calls from loopback source addresses, bounded in count and time.
 #[derive(Debug, Parser)]
@@ -53,6 +56,25 @@ pub enum Command {
     /// Zipf(--zipf-s) over a seeded popularity order. Reports requests/s, latency and the
     /// user/query cache hit rates over the reads.
     Zipf(ZipfArgs),
+    /// Presence fan-out: N subscribers of one topic, C of them changing state at rate R.
+    ///
+    /// Connects N users (dev tokens), samples the server's memory, subscribes all of them
+    /// to one topic, samples again (memory per subscription), then for --duration-secs the
+    /// first C send `presence.set` (available/away alternately, a new status each time) at
+    /// R per second in total. Reports presence entries delivered per second (snapshot
+    /// entries + diff joins/updates/leaves over all subscribers), how far behind the first
+    /// subscriber of the same `seq` the others received it (the diffs carry no tick time),
+    /// the server's CPU (--server-pid) and bytes out (/health).
+    Presence(PresenceArgs),
+    /// Matchmaking: M users join, accept, signal, hang up, for K rounds.
+    ///
+    /// Creates M users with sessions (app API), connects them, and each round every user
+    /// joins the queue (again after `busy`/`unavailable`, 50-150 ms later) and accepts its
+    /// proposal; once all are in calls (or matching stalls for 5 s) each side sends
+    /// --signals `call.signal`s stamped with their send time, at --signal-rate in total,
+    /// and the offerer hangs up. Reports matches per second, join → confirmed latency,
+    /// relay latency and any user with two overlapping calls (a double match).
+    Matchmaking(MatchmakingArgs),
     /// Fetch /health once and print the connection and memory figures.
     Health(HealthArgs),
     /// Diff two JSON summaries figure by figure.
@@ -386,6 +408,10 @@ mod tests {
              --api-key k",
             "zipf --port 18190 --max-secs 300 --json --users 10000 --reads 200000 --zipf-s 1.0 \
              --concurrency 32 --api-key k",
+            "presence --port 18421 --source-count 2 --subscribers 10000 --changers 5000 --change-rate 1000 \
+             --settle-secs 5 --duration-secs 20 --max-secs 180 --server-pid 42 --deflate --json p.json",
+            "matchmaking --port 18450 --api-key loadtest-0123456789abcdef --source-count 2 --users 4000 \
+             --rounds 3 --signals 10 --signal-rate 20000 --max-secs 300 --server-pid 42 --json m.json",
         ] {
             parse(cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
         }

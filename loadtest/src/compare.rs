@@ -110,13 +110,17 @@ fn segments(figure: &str) -> Vec<&str> {
 /// Counts by failure reason: a reason missing from one summary counted 0 there.
 fn in_count_map(figure: &str) -> bool {
     let segs = segments(figure);
-    segs[..segs.len().saturating_sub(1)].iter().any(|s| matches!(*s, "failed" | "dropped"))
+    segs[..segs.len().saturating_sub(1)]
+        .iter()
+        .any(|s| matches!(*s, "failed" | "dropped" | "error_frames" | "cancelled" | "double_matches"))
 }
 
 /// Which way `figure` should move, from its name.
 pub fn better(figure: &str) -> Better {
     let last = segments(figure).last().copied().unwrap_or("");
-    if in_count_map(figure) || matches!(last, "failed_total" | "close_failed") {
+    if in_count_map(figure)
+        || matches!(last, "failed_total" | "close_failed" | "join_retries" | "unfinished" | "cores_used" | "cpu_secs")
+    {
         return Better::Lower;
     }
     if last.ends_with("_per_sec")
@@ -130,6 +134,9 @@ pub fn better(figure: &str) -> Better {
                 | "hit_rate"
                 | "users_created"
                 | "sessions_issued"
+                | "subscribed"
+                | "entries_delivered"
+                | "matches"
         )
     {
         return Better::Higher;
@@ -157,6 +164,12 @@ pub fn better(figure: &str) -> Better {
             | "attempts"
             | "capacity"
             | "session_cache_capacity"
+            | "subscribers"
+            | "changers"
+            | "change_rate"
+            | "rounds_requested"
+            | "signals_per_side"
+            | "signal_rate"
     ) {
         return Better::Setting;
     }
@@ -332,6 +345,17 @@ mod tests {
             ("cache.users.capacity", Better::Setting),
             ("elapsed_secs", Better::Neither),
             ("cache.users.size", Better::Neither),
+            ("entries_per_server_core_per_sec", Better::Higher),
+            ("fanout_spread.p99_ms", Better::Lower),
+            ("memory.per_subscriber_allocated_bytes", Better::Lower),
+            ("error_frames.busy", Better::Lower),
+            ("double_matches.overlapping", Better::Lower),
+            ("server.cores_used", Better::Lower),
+            ("rounds[2].unfinished", Better::Lower),
+            ("matches", Better::Higher),
+            ("subscribers", Better::Setting),
+            ("signal_rate", Better::Setting),
+            ("server.bytes_out_per_sec_wire", Better::Neither),
         ] {
             assert_eq!(better(figure), want, "{figure}");
         }

@@ -10,6 +10,9 @@
 //! - `fork`: `--processes`, to stay under the per-process open-file cap.
 //! - `health`: `/health` and `/proc/<pid>/status` sampling; `cache`: `/health` cache counters.
 //! - `http`: hyper's HTTP/1.1 client for the app API and `/health`; `pool`: jobs on N workers.
+//! - `scenario::presence`, `scenario::matchmaking` (+ `_report`, `_user`; `scenario::conns`): the domain
+//!   benchmarks, over `rawws` (a small client that reads permessage-deflate frames).
+//! - `usage`: the server's CPU (`/proc/<pid>/stat`) and bytes out (`/health`) over a run.
 //! - `dist`: seeded RNG and the Zipf sampler.
 //! - `report`: tallies, their merge and the idle table; `summary`: table and/or JSON out.
 //! - `progress`: the live progress line; `compare`: two JSON summaries, figure by figure.
@@ -24,9 +27,11 @@ mod health;
 mod http;
 mod pool;
 mod progress;
+mod rawws;
 mod report;
 mod scenario;
 mod summary;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -61,6 +66,8 @@ async fn run(command: Command) -> ExitCode {
         Command::Idle(args) => scenario::idle::run(&args, now + args.max).await,
         Command::ConnectRate(args) => scenario::connect_rate::run(&args, now + args.store.max).await,
         Command::Zipf(args) => scenario::zipf::run(&args, now + args.store.max).await,
+        Command::Presence(args) => scenario::presence::run(&args, now + args.conns.max).await,
+        Command::Matchmaking(args) => scenario::matchmaking::run(&args, now + args.conns.max).await,
         Command::Health(args) => health(&args).await,
         Command::Compare(args) => compare::run(&args),
     }

@@ -1,6 +1,12 @@
 //! Load scenarios.
 
 pub mod connect_rate;
+pub mod conns;
 pub mod idle;
+pub mod matchmaking;
+pub mod matchmaking_report;
+pub mod matchmaking_user;
+pub mod presence;
+pub mod presence_report;
 pub mod setup;
 pub mod zipf;

@@ -1,0 +1,248 @@
+//! The pure half of the `presence` scenario: reading presence frames, the receipt-spread
+//! lag, and the report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write};
+
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::report::Latency;
+use crate::usage::Spent;
+
+/// The number of items in a JSON array, read without keeping them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counted(pub u32);
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = Counted;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Counted, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Counted(n))
+            }
+        }
+        d.deserialize_seq(Count)
+    }
+}
+
+/// What the scenario needs from any server frame.
+#[derive(Debug, Default, Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    seq: Option<u64>,
+    #[serde(default)]
+    entries: Counted,
+    #[serde(default)]
+    joins: Counted,
+    #[serde(default)]
+    updates: Counted,
+    #[serde(default)]
+    leaves: Counted,
+    code: Option<&'a str>,
+}
+
+/// A server frame, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// `presence.snapshot` (`snapshot: true`) or `presence.diff`, with its entry count
+    /// (snapshot entries, or diff joins + updates + leaves).
+    Presence { snapshot: bool, seq: u64, entries: u32 },
+    /// An `error` frame's code.
+    Error(String),
+    /// Anything else (`presence.ack`, `pong`, ...), by type.
+    Other(String),
+}
+
+/// Classifies one text frame; text that is not a typed JSON object is an `Err`.
+pub fn parse(text: &str) -> Result<Parsed, String> {
+    let f: Frame<'_> = serde_json::from_str(text).map_err(|e| format!("bad frame: {e}"))?;
+    let presence = |snapshot: bool, entries: u32| -> Result<Parsed, String> {
+        let seq = f.seq.ok_or_else(|| format!("{} without seq", f.kind))?;
+        Ok(Parsed::Presence { snapshot, seq, entries })
+    };
+    match f.kind {
+        "presence.snapshot" => presence(true, f.entries.0),
+        "presence.diff" => presence(false, f.joins.0 + f.updates.0 + f.leaves.0),
+        "error" => Ok(Parsed::Error(f.code.unwrap_or("no code").to_owned())),
+        other => Ok(Parsed::Other(other.to_owned())),
+    }
+}
+
+/// One presence message received: its `seq` and when (µs since the run's origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    pub at_us: u64,
+}
+
+/// For every receipt, how long after the earliest receipt of the same `seq` it came.
+/// The diffs carry no tick time, so the first subscriber to get a `seq` stands in for the
+/// tick: this is the fan-out spread, a lower bound of the lag after the tick.
+pub fn spread_lags_us(receipts: &[Receipt]) -> Vec<u64> {
+    let mut first: HashMap<u64, u64> = HashMap::new();
+    for r in receipts {
+        first.entry(r.seq).and_modify(|t| *t = (*t).min(r.at_us)).or_insert(r.at_us);
+    }
+    receipts.iter().map(|r| r.at_us - first[&r.seq]).collect()
+}
+
+/// Memory of the server with every connection idle, then subscribed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    pub idle_allocated_bytes: Option<u64>,
+    pub idle_vmrss_bytes: Option<u64>,
+    pub subscribed_allocated_bytes: Option<u64>,
+    pub subscribed_vmrss_bytes: Option<u64>,
+    /// (subscribed − idle) allocated bytes per subscribed connection.
+    pub per_subscriber_allocated_bytes: Option<f64>,
+    /// (subscribed − idle) VmRSS per subscribed connection.
+    pub per_subscriber_vmrss_bytes: Option<f64>,
+}
+
+impl Memory {
+    pub fn per_subscriber(mut self, subscribers: usize) -> Self {
+        let per = |a: Option<u64>, b: Option<u64>| Some((b? as f64 - a? as f64) / subscribers.max(1) as f64);
+        self.per_subscriber_allocated_bytes = per(self.idle_allocated_bytes, self.subscribed_allocated_bytes);
+        self.per_subscriber_vmrss_bytes = per(self.idle_vmrss_bytes, self.subscribed_vmrss_bytes);
+        self
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target_addr: String,
+    pub topic: String,
+    pub sources: usize,
+    pub subscribers: usize,
+    pub changers: usize,
+    pub change_rate: f64,
+    pub deflate_requested: bool,
+    pub deflate_negotiated: usize,
+    pub connected: usize,
+    pub failed: BTreeMap<String, usize>,
+    /// Connections that got their first snapshot.
+    pub subscribed: usize,
+    /// Connections that ended before the run did, by reason.
+    pub dropped: BTreeMap<String, usize>,
+    /// `error` frames received, by code.
+    pub error_frames: BTreeMap<String, usize>,
+    pub measured_secs: f64,
+    pub changes_sent: usize,
+    pub changes_per_sec: f64,
+    pub snapshots: usize,
+    pub diffs: usize,
+    pub entries_delivered: u64,
+    pub entries_per_sec: f64,
+    /// `entries_per_sec` divided by the server's cores used over the same interval.
+    pub entries_per_server_core_per_sec: Option<f64>,
+    /// Receipt − earliest receipt of the same `seq` (see [`spread_lags_us`]).
+    pub fanout_spread: Latency,
+    pub server: Spent,
+    /// This load generator's own CPU over the interval (it shares the machine).
+    pub client_cores_used: Option<f64>,
+    pub memory: Memory,
+    pub elapsed_secs: f64,
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<34} {v}");
+        };
+        let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |x| format!("{x:.2}{unit}"));
+        let kib = |v: Option<f64>| v.map_or("-".into(), |b| format!("{:.2} KiB", b / 1024.0));
+        row("scenario", format!("{} (topic {})", self.scenario, self.topic));
+        row("target", self.target_addr.clone());
+        row("subscribers / changers / sources", format!("{} / {} / {}", self.subscribers, self.changers, self.sources));
+        row("connected / subscribed", format!("{} / {}", self.connected, self.subscribed));
+        for (title, map) in [("failed", &self.failed), ("dropped", &self.dropped), ("error frames", &self.error_frames)]
+        {
+            row(title, map.values().sum::<usize>().to_string());
+            for (reason, n) in map {
+                row(&format!("  {reason}"), n.to_string());
+            }
+        }
+        row(
+            "deflate negotiated",
+            if self.deflate_requested {
+                format!("{} of {}", self.deflate_negotiated, self.connected)
+            } else {
+                "not requested".into()
+            },
+        );
+        row("measured", format!("{:.2} s", self.measured_secs));
+        row(
+            "changes sent",
+            format!("{} ({:.0}/s, asked {:.0}/s)", self.changes_sent, self.changes_per_sec, self.change_rate),
+        );
+        row("snapshots / diffs received", format!("{} / {}", self.snapshots, self.diffs));
+        row("entries delivered", format!("{} ({:.0}/s)", self.entries_delivered, self.entries_per_sec));
+        row("entries per server core per s", opt(self.entries_per_server_core_per_sec, ""));
+        let l = self.fanout_spread;
+        row("fan-out spread p50/p99/max", format!("{:.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms));
+        row("server CPU", format!("{} s = {} cores", opt(self.server.cpu_secs, ""), opt(self.server.cores_used, "")));
+        row("client CPU (this tool)", format!("{} cores", opt(self.client_cores_used, "")));
+        row("server bytes out (wire)", opt(self.server.bytes_out_per_sec_wire.map(|b| b / 1_048_576.0), " MiB/s"));
+        row("server messages out", opt(self.server.messages_out_per_sec, "/s"));
+        row("memory per subscriber (allocated)", kib(self.memory.per_subscriber_allocated_bytes));
+        row("memory per subscriber (VmRSS)", kib(self.memory.per_subscriber_vmrss_bytes));
+        row("elapsed", format!("{:.2} s", self.elapsed_secs));
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_classified_and_counted() {
+        let snap = r#"{"type":"presence.snapshot","topic":"t","seq":41,"count":3,
+            "entries":[{"id":"a","state":"away","tags":[1,2]},{"id":"b"},{"id":"c"}]}"#;
+        assert_eq!(parse(snap), Ok(Parsed::Presence { snapshot: true, seq: 41, entries: 3 }));
+        let diff = r#"{"type":"presence.diff","topic":"t","seq":42,"count":3,
+            "joins":[{"id":"d"}],"updates":[{"id":"a"},{"id":"b"}],"leaves":["c"]}"#;
+        assert_eq!(parse(diff), Ok(Parsed::Presence { snapshot: false, seq: 42, entries: 4 }));
+        assert_eq!(
+            parse(r#"{"type":"error","code":"rate_limited","message":"x"}"#),
+            Ok(Parsed::Error("rate_limited".into()))
+        );
+        assert_eq!(parse(r#"{"type":"presence.ack","id":7}"#), Ok(Parsed::Other("presence.ack".into())));
+        assert!(parse(r#"{"type":"presence.diff","joins":[]}"#).unwrap_err().contains("seq"));
+        assert!(parse("[1]").is_err());
+        assert!(parse(r#"{"type":"presence.snapshot","seq":1,"entries":{}}"#).is_err());
+    }
+
+    #[test]
+    fn spread_is_measured_from_the_first_receipt_of_each_seq() {
+        let r = |seq, at_us| Receipt { seq, at_us };
+        let lags = spread_lags_us(&[r(1, 500), r(1, 100), r(2, 2_000_100), r(1, 350), r(2, 2_000_000)]);
+        assert_eq!(lags, vec![400, 0, 100, 250, 0]);
+        assert!(spread_lags_us(&[]).is_empty());
+    }
+
+    #[test]
+    fn memory_per_subscriber_is_the_delta() {
+        let m = Memory {
+            idle_allocated_bytes: Some(20_000),
+            subscribed_allocated_bytes: Some(25_120),
+            idle_vmrss_bytes: Some(1000),
+            ..Memory::default()
+        }
+        .per_subscriber(10);
+        assert_eq!((m.per_subscriber_allocated_bytes, m.per_subscriber_vmrss_bytes), (Some(512.0), None));
+    }
+}
