@@ -37,11 +37,31 @@ pub enum PresenceError {
 pub(crate) enum Command<O> {
     Connect(O),
     Disconnect(u64),
-    Subscribe { conn: O, topic: Arc<str>, req: Option<RequestId> },
-    Unsubscribe { conn: O, topic: Arc<str>, req: Option<RequestId> },
-    Set { conn: O, state: Option<SettableState>, status: Option<String>, req: Option<RequestId> },
-    Activity { user: UserId, activity: Activity },
-    Refresh { user: UserId },
+    Subscribe {
+        conn: O,
+        topic: Arc<str>,
+        req: Option<RequestId>,
+    },
+    Unsubscribe {
+        conn: O,
+        topic: Arc<str>,
+        req: Option<RequestId>,
+    },
+    Set {
+        conn: O,
+        state: Option<SettableState>,
+        status: Option<String>,
+        req: Option<RequestId>,
+    },
+    /// `stamp` orders activity changes that a full queue may have reordered.
+    Activity {
+        user: UserId,
+        activity: Activity,
+        stamp: u64,
+    },
+    Refresh {
+        user: UserId,
+    },
 }
 
 /// Talks to the presence task; cheap to clone.
@@ -50,11 +70,18 @@ pub struct PresenceHandle<O> {
     pub(crate) cfg: Arc<PresenceConfig>,
     pub(crate) stats: Arc<StatsCell>,
     pub(crate) tracker: TaskTracker,
+    pub(crate) activity_stamps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<O> Clone for PresenceHandle<O> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), cfg: self.cfg.clone(), stats: self.stats.clone(), tracker: self.tracker.clone() }
+        Self {
+            tx: self.tx.clone(),
+            cfg: self.cfg.clone(),
+            stats: self.stats.clone(),
+            tracker: self.tracker.clone(),
+            activity_stamps: self.activity_stamps.clone(),
+        }
     }
 }
 
@@ -119,15 +146,7 @@ impl<O: Outbox> PresenceHandle<O> {
     /// A connection closed. Never lost: if the queue is full it waits for room in a spawned task
     /// (one per closing connection at most), still behind that connection's earlier commands.
     pub fn disconnect(&self, conn_id: u64) {
-        match self.tx.try_send(Command::Disconnect(conn_id)) {
-            Ok(()) | Err(TrySendError::Closed(_)) => {}
-            Err(TrySendError::Full(cmd)) => {
-                let tx = self.tx.clone();
-                self.tracker.spawn(async move {
-                    let _ = tx.send(cmd).await;
-                });
-            }
-        }
+        let _ = self.queue_or_wait(Command::Disconnect(conn_id));
     }
 
     /// `presence.subscribe`: the connection gets `presence.ack` (if `req`), then a
@@ -172,8 +191,27 @@ impl<O: Outbox> PresenceHandle<O> {
 
     /// For matchmaking: the user is queued, in a call, or neither. Applies to users connected
     /// to this instance (other instances learn it through the bus).
+    ///
+    /// Never lost: like [`PresenceHandle::disconnect`], a full queue makes it wait for room
+    /// in a spawned task, so a burst (a mass disconnect ending every call) still shows.
     pub fn set_activity(&self, user_id: &str, activity: Activity) -> Result<(), PresenceError> {
-        self.queue(Command::Activity { user: Arc::from(user_id), activity }, None)
+        let stamp = self.activity_stamps.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.queue_or_wait(Command::Activity { user: Arc::from(user_id), activity, stamp })
+    }
+
+    /// Queues `cmd`, or waits for room in a spawned task when the queue is full.
+    fn queue_or_wait(&self, cmd: Command<O>) -> Result<(), PresenceError> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(PresenceError::Stopped),
+            Err(TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                self.tracker.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Re-reads a connected user's profile and blocks; call after a profile edit or a block.

@@ -52,6 +52,9 @@ pub(crate) struct LocalUser {
     chosen: Option<SettableState>,
     status: Option<Arc<str>>,
     activity: Activity,
+    /// The stamp of the activity change applied last; older ones (overtaken while waiting
+    /// for room in the command queue) are ignored.
+    activity_stamp: u64,
     active_at: i64,
     updated_at: i64,
     pub(crate) entry: Option<Arc<Entry>>,
@@ -84,6 +87,7 @@ impl<O: Outbox> State<O> {
                 chosen: seed.as_ref().and_then(|e| e.chosen),
                 status: seed.as_ref().and_then(|e| e.status.clone()),
                 activity: Activity::Idle,
+                activity_stamp: 0,
                 active_at: seed.as_ref().map_or(now_ms, |e| e.active_at),
                 updated_at: seed.as_ref().map_or(now_ms, |e| e.updated_at),
                 entry: None,
@@ -285,9 +289,13 @@ impl<O: Outbox> State<O> {
     }
 
     /// Matchmaking's view of a user connected here; ignored for users not connected here.
-    pub(crate) fn set_activity(&mut self, user: &UserId, activity: Activity, now: Instant) {
+    pub(crate) fn set_activity(&mut self, user: &UserId, activity: Activity, stamp: u64, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
         let Some(u) = self.users.get_mut(user) else { return };
+        if stamp <= u.activity_stamp {
+            return;
+        }
+        u.activity_stamp = stamp;
         if u.activity == activity {
             return;
         }

@@ -47,7 +47,7 @@ impl Presence {
         let state = State::new(cfg.clone(), Arc::from(bus.instance()), Instant::now(), stats.clone());
         let task = Task { state, rx, directory: Arc::new(directory), tracker: tracker.clone(), shutdown };
         tracker.spawn(task.run(bus));
-        Ok(PresenceHandle { tx, cfg, stats, tracker: tracker.clone() })
+        Ok(PresenceHandle { tx, cfg, stats, tracker: tracker.clone(), activity_stamps: Default::default() })
     }
 }
 
@@ -116,7 +116,7 @@ impl<O: Outbox, D: Directory> Task<O, D> {
             Command::Subscribe { conn, topic, req } => s.subscribe(&conn, topic, req, now),
             Command::Unsubscribe { conn, topic, req } => s.unsubscribe(&conn, topic, req),
             Command::Set { conn, state, status, req } => s.set_state(&conn, state, status, req, now),
-            Command::Activity { user, activity } => s.set_activity(&user, activity, now),
+            Command::Activity { user, activity, stamp } => s.set_activity(&user, activity, stamp, now),
             Command::Refresh { user } => s.refresh(&user),
         }
     }

@@ -4,7 +4,7 @@
 mod support;
 
 use rendezvous_gateway::SharedMessage;
-use rendezvous_presence::PresenceConfig;
+use rendezvous_presence::{Activity, PresenceConfig};
 use rendezvous_protocol::{RequestId, SettableState};
 use serde_json::json;
 use support::*;
@@ -229,6 +229,28 @@ async fn a_full_command_queue_answers_busy() {
     // A disconnect is never refused: it waits for room.
     n.handle.disconnect(a.conn_id());
     settle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn activity_changes_wait_for_room_and_the_last_one_wins() {
+    let dir = Dir::default();
+    let n = node(&bus("a"), PresenceConfig { command_queue: 1, ..cfg() }, &dir);
+    let (mut a, mut w) = (Client::new(1, "a"), Client::new(2, "w"));
+    n.handle.subscribe(&a.conn, "t", None).unwrap();
+    settle().await;
+    n.handle.subscribe(&w.conn, "t", None).unwrap();
+    settle().await;
+    ticks(1).await;
+    w.pump();
+    // The queue holds one command; both activity changes find it full and must not be lost.
+    n.handle.subscribe(&a.conn, "t2", None).unwrap();
+    n.handle.set_activity("a", Activity::InQueue).expect("never refused");
+    n.handle.set_activity("a", Activity::InCall).expect("never refused");
+    settle().await;
+    ticks(1).await;
+    w.pump();
+    assert_eq!(w.state_of("t", "a").as_deref(), Some("in_call"));
+    a.pump();
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,15 +8,64 @@ use rendezvous_matchmaker as mm;
 use rendezvous_presence::{Directory, PresenceHandle, Profile};
 use rendezvous_store::{Store, StoreError};
 
-/// Profiles and block lists for presence, from the store's user LRU and query cache.
+/// Store writes matchmaking may run at once. A burst of hang-ups (a drain, a mass
+/// disconnect) otherwise starts one write per call, and on SQLite's single writer the
+/// ones past the pool's acquire timeout fail and lose the call's history.
+const WRITES_IN_FLIGHT: usize = 4;
+/// Attempts for a matchmaking write while the database is unavailable.
+const WRITE_ATTEMPTS: u32 = 6;
+
+/// Profiles and block lists for presence and matchmaking, from the store's user LRU and
+/// query cache; matchmaking's writes queue here and retry while the database is down.
 #[derive(Clone)]
-pub struct StoreDirectory(pub Arc<Store>);
+pub struct StoreDirectory {
+    store: Arc<Store>,
+    writes: Arc<tokio::sync::Semaphore>,
+}
+
+impl StoreDirectory {
+    /// Reads and writes through `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store, writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)) }
+    }
+
+    /// Runs a write that inserts a new row (not idempotent) with a permit, once.
+    async fn insert<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let _permit = self.writes.acquire().await.expect("the semaphore is never closed");
+        write.await
+    }
+
+    /// Runs an idempotent write with a permit, retrying with backoff (0.1 s doubling)
+    /// while the database is unavailable.
+    async fn write<T, F, Fut>(&self, mut write: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let _permit = self.writes.acquire().await.expect("the semaphore is never closed");
+        let mut delay = std::time::Duration::from_millis(100);
+        for _ in 1..WRITE_ATTEMPTS {
+            match write().await {
+                Err(e) if e.is_unavailable() => {
+                    tracing::debug!(error = %e, "store write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                done => return done,
+            }
+        }
+        write().await
+    }
+}
 
 impl Directory for StoreDirectory {
     type Error = StoreError;
 
     async fn profile(&self, user_id: &str) -> Result<Option<Profile>, StoreError> {
-        Ok(self.0.user(user_id).await?.map(|u| Profile {
+        Ok(self.store.user(user_id).await?.map(|u| Profile {
             display_name: u.display_name,
             gender: u.gender,
             selfie_url: u.selfie_url,
@@ -24,7 +73,7 @@ impl Directory for StoreDirectory {
     }
 
     async fn blocks(&self, user_id: &str) -> Result<Arc<Vec<String>>, StoreError> {
-        self.0.blocks_of(user_id).await
+        self.store.blocks_of(user_id).await
     }
 }
 
@@ -37,7 +86,7 @@ fn unavailable(e: StoreError) -> mm::DirectoryError {
 impl mm::Directory for StoreDirectory {
     fn profile<'a>(&'a self, user_id: &'a str) -> mm::BoxFuture<'a, Result<Option<mm::Profile>, mm::DirectoryError>> {
         Box::pin(async move {
-            Ok(self.0.user(user_id).await.map_err(unavailable)?.map(|u| mm::Profile {
+            Ok(self.store.user(user_id).await.map_err(unavailable)?.map(|u| mm::Profile {
                 banned: u.banned,
                 public: mm::PublicProfile {
                     user_id: u.id,
@@ -52,11 +101,11 @@ impl mm::Directory for StoreDirectory {
     }
 
     fn blocks<'a>(&'a self, user_id: &'a str) -> mm::BoxFuture<'a, Result<Arc<Vec<String>>, mm::DirectoryError>> {
-        Box::pin(async move { self.0.blocks_of(user_id).await.map_err(unavailable) })
+        Box::pin(async move { self.store.blocks_of(user_id).await.map_err(unavailable) })
     }
 
     fn in_cooldown<'a>(&'a self, a: &'a str, b: &'a str) -> mm::BoxFuture<'a, Result<bool, mm::DirectoryError>> {
-        Box::pin(async move { self.0.in_cooldown(a, b).await.map_err(unavailable) })
+        Box::pin(async move { self.store.in_cooldown(a, b).await.map_err(unavailable) })
     }
 
     fn start_call<'a>(
@@ -66,7 +115,7 @@ impl mm::Directory for StoreDirectory {
         _origin: mm::CallOrigin,
     ) -> mm::BoxFuture<'a, Result<mm::StartedCall, mm::DirectoryError>> {
         Box::pin(async move {
-            let call = self.0.start_call(a, b).await.map_err(unavailable)?;
+            let call = self.insert(self.store.start_call(a, b)).await.map_err(unavailable)?;
             Ok(mm::StartedCall { call_id: call.id, started_at_ms: call.started_at })
         })
     }
@@ -83,7 +132,8 @@ impl mm::Directory for StoreDirectory {
                 ended_by: end.ended_by.clone(),
                 duration_ms: Some(end.duration_ms()),
             };
-            self.0.end_call(&call, end.reason.as_str(), end.ended_by.as_deref()).await.map_err(unavailable)
+            let (reason, by) = (end.reason.as_str(), end.ended_by.as_deref());
+            self.write(|| self.store.end_call(&call, reason, by)).await.map_err(unavailable)
         })
     }
 
@@ -93,21 +143,19 @@ impl mm::Directory for StoreDirectory {
         b: &'a str,
         until_ms: i64,
     ) -> mm::BoxFuture<'a, Result<(), mm::DirectoryError>> {
-        Box::pin(async move { self.0.put_cooldown(a, b, until_ms).await.map_err(unavailable) })
+        Box::pin(async move { self.write(|| self.store.put_cooldown(a, b, until_ms)).await.map_err(unavailable) })
     }
 
     fn block<'a>(&'a self, blocker: &'a str, blocked: &'a str) -> mm::BoxFuture<'a, Result<(), mm::DirectoryError>> {
-        Box::pin(async move { self.0.block(blocker, blocked).await.map_err(unavailable) })
+        Box::pin(async move { self.write(|| self.store.block(blocker, blocked)).await.map_err(unavailable) })
     }
 
     fn report<'a>(&'a self, report: &'a mm::Report) -> mm::BoxFuture<'a, Result<(), mm::DirectoryError>> {
         Box::pin(async move {
             let reason = serde_json::to_value(report.reason).ok().and_then(|v| v.as_str().map(str::to_owned));
             let reason = reason.unwrap_or_else(|| "other".into());
-            self.0
-                .report(&report.reporter, &report.reported, &reason, report.text.as_deref())
-                .await
-                .map_err(unavailable)
+            let (by, about, text) = (&report.reporter, &report.reported, report.text.as_deref());
+            self.insert(self.store.report(by, about, &reason, text)).await.map_err(unavailable)
         })
     }
 }

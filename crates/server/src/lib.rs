@@ -213,7 +213,7 @@ impl Server {
         let presence = match Presence::spawn::<Connection, _>(
             cfg.presence.clone(),
             bus.clone(),
-            StoreDirectory(store.clone()),
+            StoreDirectory::new(store.clone()),
             phases.domain.token(),
             phases.domain.tasks(),
         ) {
@@ -227,7 +227,7 @@ impl Server {
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()))
                 .with_presence(presence.clone());
         let deps = MatchmakerDeps {
-            directory: Arc::new(StoreDirectory(store.clone())),
+            directory: Arc::new(StoreDirectory::new(store.clone())),
             activity: Arc::new(PresenceActivity::new(presence.clone(), handler.away_users())),
             queue: cluster.queue.clone(),
             locator: cluster.locator.clone(),
