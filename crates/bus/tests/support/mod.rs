@@ -70,3 +70,60 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A TCP proxy in front of Redis that the test can cut (dropping every connection and
+/// refusing new ones) and restore: an outage without touching the shared server.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        let url = redis_url();
+        let host = url.trim_start_matches("redis://").rsplit('@').next().unwrap().split('/').next().unwrap();
+        let target: std::net::SocketAddr = host
+            .replace("localhost", "127.0.0.1")
+            .parse()
+            .unwrap_or_else(|_| panic!("TEST_REDIS_URL must be redis://IP:port for the proxy tests, got {url}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes as soon as it opens
+                }
+                let mut stop = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut cr, &mut sw) => {}
+                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, cut }
+    }
+
+    /// `redis://` through the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
