@@ -26,6 +26,12 @@ pub(crate) struct Released {
 }
 
 impl Released {
+    /// Marks `topic` for the transport to check and unsubscribe if it has no local subscriber.
+    pub(crate) fn add(&self, topic: Arc<str>) {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner()).insert(topic);
+        self.notify.notify_one();
+    }
+
     /// The topics released since the last call.
     pub(crate) fn take(&self) -> HashSet<Arc<str>> {
         std::mem::take(&mut *self.topics.lock().unwrap_or_else(|e| e.into_inner()))
@@ -104,8 +110,7 @@ impl Fanout {
             if o.get().receiver_count() == 0 {
                 o.remove();
                 if let Some(r) = &self.released {
-                    r.topics.lock().unwrap_or_else(|e| e.into_inner()).insert(topic.clone());
-                    r.notify.notify_one();
+                    r.add(topic.clone());
                 }
             }
         }

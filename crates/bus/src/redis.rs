@@ -1,5 +1,7 @@
-//! The Redis transport. Two connections per process: one publishes, one subscribes
-//! (under RESP2 a subscribed connection can run nothing else). A manager task owns the
+//! The Redis transport. Two connections per process: one publishes, one subscribes.
+//! The subscriber speaks RESP3 so it can answer a PING while subscribed: fred resolves
+//! SUBSCRIBE once it is written, and the PING's reply is what proves Redis has processed
+//! it (Redis answers one connection's commands in order). A manager task owns the
 //! subscriber's event streams: it fans messages out to local subscriptions, sends
 //! UNSUBSCRIBE for topics whose last local subscriber dropped, and after every
 //! reconnect subscribes every topic again and reports a gap, since Redis keeps nothing
@@ -13,7 +15,7 @@ use fred::prelude::{
     Builder, ClientInterface, ClientLike, Config, EventInterface, Options, PubsubInterface, ReconnectPolicy, Server,
     Value,
 };
-use fred::types::Message;
+use fred::types::{Message, RespVersion};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Mutex, broadcast, oneshot};
 
@@ -41,8 +43,11 @@ struct Shared {
     /// it is held across the command's round trip on purpose.
     control: Mutex<()>,
     prefix: String,
-    /// Per command: fail at once while disconnected (callers retry), bounded in time.
+    /// For callers' commands: fail at once while disconnected (they retry), bounded in time.
     options: Options,
+    /// For the manager's own commands after a reconnect: fred announces the new connection
+    /// before marking it connected, so these wait for it instead (still bounded in time).
+    queued: Options,
     /// From a reconnect until every topic is subscribed again.
     resubscribing: AtomicBool,
     /// The subscriber's `CLIENT SETNAME`, so operators (and tests) can find it.
@@ -78,7 +83,7 @@ impl RedisTransport {
             // gave up would stay broken until a restart.
             .set_policy(ReconnectPolicy::new_exponential(0, cfg.reconnect_min_ms, cfg.reconnect_max_ms, 2));
         let publisher = builder.build().map_err(fail)?;
-        let subscriber = builder.build().map_err(fail)?;
+        let subscriber = builder.with_config(|c| c.version = RespVersion::RESP3).build().map_err(fail)?;
         publisher.init().await.map_err(fail)?;
         if let Err(e) = subscriber.init().await {
             let _ = publisher.quit().await;
@@ -97,6 +102,7 @@ impl RedisTransport {
             name: connection_name(&cfg.channel_prefix),
             prefix: cfg.channel_prefix.clone(),
             options: Options { fail_fast: true, timeout: Some(command_timeout), ..Default::default() },
+            queued: Options { timeout: Some(command_timeout), ..Default::default() },
             resubscribing: AtomicBool::new(false),
             retry_delay: Duration::from_millis(u64::from(cfg.reconnect_min_ms)),
         });
@@ -133,12 +139,12 @@ impl RedisTransport {
         let _control = shared.control.lock().await;
         // A topic in the map is subscribed on Redis, and stays so while we hold `control`.
         if !shared.fanout.contains(topic) {
-            shared
-                .subscriber
-                .with_options(&shared.options)
-                .subscribe(shared.channel(topic))
-                .await
-                .map_err(unavailable)?;
+            let subscribed = shared.subscribe(vec![shared.channel(topic)], &shared.options).await;
+            if let Err(e) = subscribed {
+                // The SUBSCRIBE may have reached Redis: let the manager take it back.
+                shared.released.add(Arc::from(topic));
+                return Err(unavailable(e));
+            }
         }
         Ok(shared.fanout.join(topic))
     }
@@ -155,6 +161,15 @@ impl RedisTransport {
 impl Shared {
     fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
+    }
+
+    /// SUBSCRIBE, then a PING round trip on the same connection: when the PONG arrives,
+    /// Redis has processed the SUBSCRIBE.
+    async fn subscribe(&self, channels: Vec<String>, options: &Options) -> Result<(), fred::error::Error> {
+        let client = self.subscriber.with_options(options);
+        client.subscribe(channels).await?;
+        let _pong: Value = client.ping(None).await?;
+        Ok(())
     }
 
     async fn run(
@@ -225,18 +240,19 @@ impl Shared {
             let count = channels.len();
             let restored = match count {
                 0 => Ok(()),
-                _ => self.subscriber.with_options(&self.options).subscribe(channels).await,
+                _ => self.subscribe(channels, &self.queued).await,
             };
+            if restored.is_ok() {
+                // Before the gap, so a subscriber that saw the gap sees a healthy bus.
+                self.resubscribing.store(false, Ordering::Release);
+            }
             // Sent after the SUBSCRIBE is confirmed and before this task reads anything the
             // new subscription delivered, so every subscriber sees the gap first.
             self.fanout.gap_all(None);
             restored.map(|()| count)
         };
         match restored {
-            Ok(topics) => {
-                self.resubscribing.store(false, Ordering::Release);
-                tracing::info!(topics, "bus resubscribed after a Redis reconnect");
-            }
+            Ok(topics) => tracing::info!(topics, "bus resubscribed after a Redis reconnect"),
             Err(error) => {
                 // Stay degraded and reconnect again: the next reconnect event retries.
                 tracing::warn!(%error, "bus could not resubscribe after a Redis reconnect; reconnecting");
@@ -263,7 +279,7 @@ impl Shared {
 
     /// Best effort: a nameless connection works the same.
     async fn name_connection(&self) {
-        if let Err(error) = self.subscriber.with_options(&self.options).client_setname(self.name.as_str()).await {
+        if let Err(error) = self.subscriber.with_options(&self.queued).client_setname(self.name.as_str()).await {
             tracing::debug!(%error, "bus could not name its Redis connection");
         }
     }
