@@ -1,4 +1,4 @@
-//! The `[bus]` configuration section.
+//! The `[bus]` and `[redis]` configuration sections.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,81 @@ impl Default for BusConfig {
     }
 }
 
-/// A `[bus]` value out of range; names the key.
+/// The Redis server the bus uses when `url` is set (`[redis]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; unset means the in-process bus.
+    /// `REDIS_URL` overrides it.
+    pub url: Option<String>,
+    /// Prepended to every topic to make the Redis channel name, so deployments (or
+    /// test runs) sharing one server do not hear each other.
+    pub channel_prefix: String,
+    /// Limit for opening a connection, at start and on each reconnect attempt.
+    pub connect_timeout_ms: u64,
+    /// Limit for one PUBLISH, SUBSCRIBE or UNSUBSCRIBE; over it the call fails as unavailable.
+    pub command_timeout_ms: u64,
+    /// First reconnect delay; each failed attempt doubles it up to `reconnect_max_ms`.
+    /// Attempts never stop: the bus stays degraded until Redis is back.
+    pub reconnect_min_ms: u32,
+    /// Longest delay between reconnect attempts.
+    pub reconnect_max_ms: u32,
+    /// Messages received from Redis and not yet fanned out to local subscribers. When
+    /// it overflows the oldest are dropped and every subscription gets a gap.
+    pub receive_buffer: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            channel_prefix: "rendezvous:".into(),
+            connect_timeout_ms: 5000,
+            command_timeout_ms: 2000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5000,
+            receive_buffer: 4096,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| Err(ConfigError { key, problem: problem.into() });
+        if let Some(url) = &self.url {
+            if url.starts_with("rediss://") {
+                return bad("redis.url", "rediss:// (TLS) is not supported yet; use redis:// on a private network");
+            }
+            if !url.starts_with("redis://") {
+                return bad("redis.url", "must start with redis://");
+            }
+        }
+        if self.channel_prefix.len() > 256 {
+            return bad("redis.channel_prefix", "must be at most 256 bytes");
+        }
+        for (key, v) in [
+            ("redis.connect_timeout_ms", self.connect_timeout_ms),
+            ("redis.command_timeout_ms", self.command_timeout_ms),
+        ] {
+            if !(1..=600_000).contains(&v) {
+                return bad(key, "must be between 1 and 600000");
+            }
+        }
+        if self.reconnect_min_ms == 0 {
+            return bad("redis.reconnect_min_ms", "must be greater than 0");
+        }
+        if !(self.reconnect_min_ms..=600_000).contains(&self.reconnect_max_ms) {
+            return bad("redis.reconnect_max_ms", "must be between redis.reconnect_min_ms and 600000");
+        }
+        if !(16..=1_000_000).contains(&self.receive_buffer) {
+            return bad("redis.receive_buffer", "must be between 16 and 1000000");
+        }
+        Ok(())
+    }
+}
+
+/// A `[bus]` or `[redis]` value out of range; names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config `{key}`: {problem}")]
 pub struct ConfigError {
@@ -47,6 +121,29 @@ mod tests {
         for bad in [0, 2_000_000] {
             let err = BusConfig { capacity: bad }.validate().unwrap_err();
             assert_eq!(err.key, "bus.capacity");
+        }
+    }
+
+    #[test]
+    fn redis_values_are_checked() {
+        assert!(RedisConfig::default().validate().is_ok());
+        let ok = RedisConfig { url: Some("redis://127.0.0.1:6379/0".into()), ..Default::default() };
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (RedisConfig { url: Some("http://x".into()), ..Default::default() }, "redis.url"),
+            (RedisConfig { url: Some("rediss://x".into()), ..Default::default() }, "redis.url"),
+            (RedisConfig { channel_prefix: "p".repeat(300), ..Default::default() }, "redis.channel_prefix"),
+            (RedisConfig { connect_timeout_ms: 0, ..Default::default() }, "redis.connect_timeout_ms"),
+            (RedisConfig { command_timeout_ms: 0, ..Default::default() }, "redis.command_timeout_ms"),
+            (RedisConfig { reconnect_min_ms: 0, ..Default::default() }, "redis.reconnect_min_ms"),
+            (
+                RedisConfig { reconnect_min_ms: 500, reconnect_max_ms: 100, ..Default::default() },
+                "redis.reconnect_max_ms",
+            ),
+            (RedisConfig { receive_buffer: 1, ..Default::default() }, "redis.receive_buffer"),
+        ];
+        for (cfg, key) in cases {
+            assert_eq!(cfg.validate().unwrap_err().key, key, "{cfg:?}");
         }
     }
 }

@@ -5,25 +5,32 @@
 //! # Layout
 //! - [`Bus`]: the handle every part of the server publishes and subscribes through.
 //!   `publish` and `subscribe` are async and fallible because a network transport
-//!   (Redis, with scale-out) must await its server; the in-process one never fails.
-//! - [`Subscription`]: a bounded receiver. Dropping it unsubscribes; a topic's state is
-//!   freed with its last subscriber.
+//!   must await its server; the in-process one never fails.
+//! - `fanout`: per-topic bounded channels in this process, used by both transports,
+//!   and the [`Subscription`] that reads one. Dropping it unsubscribes; a topic's state
+//!   is freed with its last subscriber.
+//! - `redis`: the Redis transport (PUBLISH of an `envelope`; one shared subscriber
+//!   connection per process, resubscribed after every reconnect).
 //! - [`Received::Gap`]: messages were lost (a lagging subscriber, a transport that
 //!   reconnected). Pub/sub promises nothing across a gap, so consumers resynchronize.
-//! - [`BusConfig`]: the `[bus]` section; [`BusHealth`]: what `/health` shows.
+//! - [`BusConfig`]: the `[bus]` section; [`RedisConfig`]: the `[redis]` section;
+//!   [`BusHealth`]: what `/health` shows.
 
 mod config;
+mod envelope;
+mod fanout;
+mod redis;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use serde::Serialize;
-use tokio::sync::broadcast;
 
-pub use config::{BusConfig, ConfigError};
+use fanout::Fanout;
+
+pub use config::{BusConfig, ConfigError, RedisConfig};
+pub use fanout::Subscription;
 
 /// One message on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +70,18 @@ pub enum BusError {
     /// The topic name cannot be used on this transport.
     #[error("invalid bus topic `{0}`")]
     InvalidTopic(String),
+    /// The instance name is too long to stamp on a message (at most 65535 bytes).
+    #[error("bus instance name of {0} bytes is too long (at most 65535)")]
+    InvalidInstance(usize),
+    /// The transport's server could not be reached at start.
+    #[error("cannot connect the bus to Redis at {url} (redis.url / REDIS_URL)")]
+    Connect {
+        /// The URL, password removed.
+        url: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The transport's state, for `/health`.
@@ -78,7 +97,7 @@ pub enum TransportState {
 /// Bus figures for `/health` and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BusHealth {
-    /// `in_process` (or `redis` with scale-out).
+    /// `in_process` or `redis`.
     pub transport: &'static str,
     /// Whether the transport works right now.
     pub state: TransportState,
@@ -92,36 +111,34 @@ pub struct BusHealth {
     pub lagged: u64,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    lagged: AtomicU64,
-}
-
 /// Handle to the bus; cheap to clone. `instance` is stamped on everything it publishes.
 #[derive(Clone, Debug)]
 pub struct Bus {
     instance: Arc<str>,
-    transport: Arc<InProcess>,
+    transport: Transport,
 }
 
-/// Every topic a subscriber holds in this process; one broadcast channel each.
-#[derive(Debug)]
-struct InProcess {
-    topics: DashMap<Arc<str>, broadcast::Sender<BusMessage>>,
-    capacity: usize,
-    counters: Counters,
+#[derive(Clone, Debug)]
+enum Transport {
+    /// Every subscriber lives in this process.
+    InProcess(Arc<Fanout>),
+    /// Redis pub/sub, fanned out locally.
+    Redis(Arc<redis::RedisTransport>),
 }
 
 impl Bus {
     /// A new in-process bus whose subscribers buffer at most `cfg.capacity` messages per topic.
     pub fn in_process(instance: impl Into<Arc<str>>, cfg: &BusConfig) -> Self {
-        let transport = Arc::new(InProcess {
-            topics: DashMap::new(),
-            capacity: cfg.capacity.max(1),
-            counters: Counters::default(),
-        });
-        Self { instance: instance.into(), transport }
+        Self { instance: instance.into(), transport: Transport::InProcess(Arc::new(Fanout::new(cfg.capacity, None))) }
+    }
+
+    /// A bus over the Redis server at `redis.url`: one publishing and one subscribing
+    /// connection for this process, shared by every handle cloned from it. Fails with
+    /// [`BusError::Connect`] if the server cannot be reached now (no retry at start, so a
+    /// wrong URL fails fast); later disconnections are retried with bounded backoff.
+    pub async fn redis(instance: impl Into<Arc<str>>, redis: &RedisConfig, bus: &BusConfig) -> Result<Self, BusError> {
+        let transport = redis::RedisTransport::connect(redis, bus).await?;
+        Ok(Self { instance: instance.into(), transport: Transport::Redis(Arc::new(transport)) })
     }
 
     /// Another handle on the same transport, publishing as `instance` (tests use this to
@@ -136,14 +153,17 @@ impl Bus {
     }
 
     /// Publishes `payload` on `topic` to every current subscriber, this instance's included.
+    /// [`BusError::Unavailable`] while a network transport is reconnecting.
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BusError> {
-        self.transport.counters.published.fetch_add(1, Ordering::Relaxed);
-        let msg = BusMessage { origin: self.instance.clone(), payload };
-        if let Some(tx) = self.transport.topics.get(topic) {
-            // No receiver left is not an error: the last subscriber may be dropping right now.
-            let _ = tx.send(msg);
+        match &self.transport {
+            Transport::InProcess(fanout) => {
+                fanout.counters.published.fetch_add(1, Ordering::Relaxed);
+                let msg = BusMessage { origin: self.instance.clone(), payload };
+                fanout.deliver(topic, Received::Message(msg));
+                Ok(())
+            }
+            Transport::Redis(redis) => redis.publish(&self.instance, topic, &payload).await,
         }
-        Ok(())
     }
 
     /// Subscribes to `topic`; every message published after this returns is delivered
@@ -152,133 +172,26 @@ impl Bus {
         if topic.is_empty() {
             return Err(BusError::InvalidTopic(topic.to_owned()));
         }
-        let (topic, rx) = match self.transport.topics.entry(Arc::from(topic)) {
-            Entry::Occupied(o) => (o.key().clone(), o.get().subscribe()),
-            Entry::Vacant(v) => {
-                let key = v.key().clone();
-                let (tx, rx) = broadcast::channel(self.transport.capacity);
-                v.insert(tx);
-                (key, rx)
-            }
-        };
-        Ok(Subscription { topic, rx: Some(rx), transport: self.transport.clone() })
+        match &self.transport {
+            Transport::InProcess(fanout) => Ok(fanout.join(topic)),
+            Transport::Redis(redis) => redis.subscribe(topic).await,
+        }
     }
 
     /// Transport name, state and counters.
     pub fn health(&self) -> BusHealth {
-        let c = &self.transport.counters;
+        let (transport, state, fanout) = match &self.transport {
+            Transport::InProcess(fanout) => ("in_process", TransportState::Connected, fanout),
+            Transport::Redis(redis) => ("redis", redis.state(), redis.fanout()),
+        };
+        let c = &fanout.counters;
         BusHealth {
-            transport: "in_process",
-            state: TransportState::Connected,
+            transport,
+            state,
             instance: self.instance.to_string(),
-            topics: self.transport.topics.len(),
+            topics: fanout.len(),
             published: c.published.load(Ordering::Relaxed),
             lagged: c.lagged.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// A subscription to one topic; dropping it unsubscribes.
-#[derive(Debug)]
-pub struct Subscription {
-    topic: Arc<str>,
-    /// Always `Some` until dropped (taken under the topic's lock in `drop`).
-    rx: Option<broadcast::Receiver<BusMessage>>,
-    transport: Arc<InProcess>,
-}
-
-impl Subscription {
-    /// The topic subscribed to.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// The next message; `None` once the bus is gone.
-    pub async fn recv(&mut self) -> Option<Received> {
-        match self.rx.as_mut()?.recv().await {
-            Ok(m) => Some(Received::Message(m)),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                self.transport.counters.lagged.fetch_add(n, Ordering::Relaxed);
-                Some(Received::Gap { missed: Some(n) })
-            }
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        // Under the entry's lock, so a concurrent subscribe either sees the channel
-        // before it is removed (and keeps it alive) or creates a fresh one.
-        if let Entry::Occupied(o) = self.transport.topics.entry(self.topic.clone()) {
-            drop(self.rx.take());
-            if o.get().receiver_count() == 0 {
-                o.remove();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bus(name: &str, capacity: usize) -> Bus {
-        Bus::in_process(name, &BusConfig { capacity })
-    }
-
-    #[tokio::test]
-    async fn delivers_with_origin_to_every_subscriber() {
-        let a = bus("a", 8);
-        let b = a.as_instance("b");
-        let mut sub_a = a.subscribe("t").await.unwrap();
-        let mut sub_b = b.subscribe("t").await.unwrap();
-        b.publish("t", Bytes::from_static(b"hi")).await.unwrap();
-        for sub in [&mut sub_a, &mut sub_b] {
-            match sub.recv().await.unwrap() {
-                Received::Message(m) => {
-                    assert_eq!(&*m.origin, "b");
-                    assert_eq!(&m.payload[..], b"hi");
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        a.publish("other", Bytes::new()).await.unwrap();
-        assert_eq!(a.health().published, 2);
-    }
-
-    #[tokio::test]
-    async fn a_lagging_subscriber_is_told_how_much_it_lost() {
-        let bus = bus("a", 2);
-        let mut sub = bus.subscribe("t").await.unwrap();
-        for i in 0..5u8 {
-            bus.publish("t", Bytes::from(vec![i])).await.unwrap();
-        }
-        assert_eq!(sub.recv().await.unwrap(), Received::Gap { missed: Some(3) });
-        match sub.recv().await.unwrap() {
-            Received::Message(m) => assert_eq!(&m.payload[..], &[3]),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(bus.health().lagged, 3);
-    }
-
-    #[tokio::test]
-    async fn a_topic_is_dropped_with_its_last_subscriber() {
-        let bus = bus("a", 8);
-        let first = bus.subscribe("t").await.unwrap();
-        let second = bus.subscribe("t").await.unwrap();
-        assert_eq!(bus.health().topics, 1);
-        drop(first);
-        assert_eq!(bus.health().topics, 1, "one subscriber is left");
-        drop(second);
-        assert_eq!(bus.health().topics, 0);
-        let mut again = bus.subscribe("t").await.unwrap();
-        bus.publish("t", Bytes::from_static(b"x")).await.unwrap();
-        assert!(matches!(again.recv().await, Some(Received::Message(_))), "a new subscription works");
-    }
-
-    #[tokio::test]
-    async fn empty_topics_are_refused() {
-        assert!(matches!(bus("a", 8).subscribe("").await, Err(BusError::InvalidTopic(_))));
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use rendezvous_bus::BusConfig;
+use rendezvous_bus::{BusConfig, RedisConfig};
 use rendezvous_gateway::GatewayConfig;
 use rendezvous_matchmaker::MatchmakerConfig;
 use rendezvous_presence::PresenceConfig;
@@ -178,14 +178,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Redis connection.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://…`; unset means the in-process bus. `REDIS_URL` overrides it.
-    pub url: Option<String>,
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -216,7 +208,7 @@ pub enum ConfigError {
     /// A database or store value is out of range.
     #[error(transparent)]
     Store(#[from] rendezvous_store::ConfigError),
-    /// A bus value is out of range.
+    /// A bus or redis value is out of range.
     #[error(transparent)]
     Bus(#[from] rendezvous_bus::ConfigError),
     /// A presence value is out of range.
@@ -295,6 +287,7 @@ impl Config {
         self.database.validate()?;
         self.store.validate()?;
         self.bus.validate()?;
+        self.redis.validate()?;
         self.presence.validate()?;
         self.matchmaking.validate()?;
         let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
@@ -330,14 +323,6 @@ impl Config {
         }
         if !(m.critical_cache_factor > 0.0 && m.critical_cache_factor <= 1.0) {
             return invalid("memory.critical_cache_factor", "must be in (0, 1]");
-        }
-        if let Some(url) = &self.redis.url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::Invalid {
-                    key: "redis.url",
-                    problem: "must start with redis:// or rediss://".into(),
-                });
-            }
         }
         Ok(())
     }
@@ -449,6 +434,7 @@ mod tests {
             (("RENDEZVOUS__MEMORY__CRITICAL_PERCENT", "50"), "memory.critical_percent"),
             (("RENDEZVOUS__STORE__QUERY_CACHE_TTL_MS", "0"), "store.query_cache_ttl_ms"),
             (("RENDEZVOUS__BUS__CAPACITY", "0"), "bus.capacity"),
+            (("RENDEZVOUS__REDIS__RECEIVE_BUFFER", "0"), "redis.receive_buffer"),
             (("RENDEZVOUS__PRESENCE__TICK_MS", "0"), "presence.tick_ms"),
             (("RENDEZVOUS__MATCHMAKING__PROPOSAL_TIMEOUT_MS", "0"), "matchmaking.proposal_timeout_ms"),
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),

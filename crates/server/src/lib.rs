@@ -177,7 +177,11 @@ impl Server {
     ) -> anyhow::Result<()> {
         let cfg = &self.config;
         let cluster = self.cluster.clone().unwrap_or_else(|| LocalCluster::new(&cfg.bus));
-        let bus = cluster.bus.as_instance(self.instance.clone());
+        // An in-process cluster (tests) keeps its shared bus; otherwise `redis.url` picks Redis.
+        let bus = match (&self.cluster, &cfg.redis.url) {
+            (None, Some(_)) => Bus::redis(self.instance.clone(), &cfg.redis, &cfg.bus).await?,
+            _ => cluster.bus.as_instance(self.instance.clone()),
+        };
         let store = Store::open(&cfg.database, cfg.store.clone(), bus.clone()).await.with_context(|| {
             format!(
                 "cannot open the database at {} (database.url / DATABASE_URL)",

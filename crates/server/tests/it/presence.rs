@@ -191,3 +191,44 @@ async fn a_new_block_removes_each_from_the_others_view_and_names_follow_the_stor
     let mut w = subscribe(&mut watcher, "lobby").await;
     w.until(&mut watcher, "both listed", |v| v.entries.contains_key(&ann.id) && v.entries.contains_key(&ben.id)).await;
 }
+
+/// Two instances that share nothing in-process: the bus is Redis (`TEST_REDIS_URL`),
+/// with a channel prefix of this test's own.
+#[tokio::test]
+async fn users_on_two_instances_see_each_other_over_redis() {
+    let url = std::env::var("TEST_REDIS_URL")
+        .expect("TEST_REDIS_URL must name a Redis server (e.g. redis://127.0.0.1:6379); this test never skips");
+    let prefix = format!("test:presence:{}:", uuid::Uuid::new_v4().simple());
+    let config = |name: &str| {
+        let mut c = test_config();
+        c.server.instance_id = name.into();
+        c.presence.tick_ms = 100;
+        c.presence.heartbeat_ms = 200;
+        c.gateway.message_rate.per_second = 0;
+        c.redis.url = Some(url.clone());
+        c.redis.channel_prefix = prefix.clone();
+        c
+    };
+    let a = crate::support::start(config("a"), rendezvous::Mode::Serve).await;
+    let b = crate::support::start(config("b"), rendezvous::Mode::Serve).await;
+    let mut alice = RawClient::user(a.addr, "alice", true).await;
+    let mut bob = RawClient::user(b.addr, "bob", false).await;
+    let mut alice_view = subscribe(&mut alice, "lobby").await;
+    subscribe(&mut bob, "lobby").await;
+    alice_view.until(&mut alice, "bob in alice's view", |v| v.entries.contains_key("bob")).await;
+    let health: Value = crate::support::http_get(a.addr, "/health", &[]).await.json();
+    assert_eq!(health["bus"]["transport"], "redis");
+    assert_eq!(health["bus"]["state"], "connected");
+    assert_eq!(health["presence"]["peers"], 1, "instance a hears b");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_the_start_naming_the_key() {
+    let mut c = test_config();
+    c.redis.url = Some("redis://127.0.0.1:1".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = rendezvous::Server::new(c, rendezvous::Mode::Serve)
+        .run(listener, rendezvous::Shutdown::new(), |_| panic!("a server without its bus must not become ready"));
+    let err = tokio::time::timeout(crate::support::PATIENCE, run).await.expect("fails promptly").unwrap_err();
+    assert!(format!("{err:#}").contains("redis.url"), "{err:#}");
+}
