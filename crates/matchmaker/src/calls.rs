@@ -189,6 +189,13 @@ impl<O: Outbox> Task<O> {
                 self.invite_refused(user, &id, InviteEnd::Unavailable, None).await;
             }
         }
+        // A proposal that ended just before this news may have put the user back in the
+        // queue after their instance took them out: nobody would ever take them out again.
+        if let Ok(crate::queue::UserStatus::Queued) = self.deps.queue.status(user).await {
+            if matches!(self.deps.locator.instance_of(user).await, Ok(None)) {
+                let _ = self.deps.queue.leave(user).await;
+            }
+        }
     }
 
     async fn back(&mut self, user: &str) {

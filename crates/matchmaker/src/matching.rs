@@ -47,8 +47,13 @@ impl<O: Outbox> Task<O> {
                     Verdict::Clear => {}
                     Verdict::Cooling => continue,
                     Verdict::Unknown => {
+                        // Reserve the pair for this scan: one lookup per user per scan, over
+                        // disjoint pairs, so the lookup budget is not spent on the oldest
+                        // user's every candidate. A clear answer matches them next scan.
                         self.look_up_cooldown(entries[i].user_id(), entries[j].user_id());
-                        continue;
+                        taken[i] = true;
+                        taken[j] = true;
+                        break;
                     }
                 }
                 let id = new_id();
@@ -199,7 +204,12 @@ impl<O: Outbox> Task<O> {
 
     async fn requeue(&mut self, entry: Arc<QueueEntry>, proposal_id: &str, reason: CancelReason) {
         let user = entry.user_id().to_owned();
-        let requeued = self.deps.queue.requeue_front(entry, proposal_id).await.unwrap_or(false);
+        // Someone connected nowhere is not put back (their instance already took them out).
+        let reachable = !matches!(self.deps.locator.instance_of(&user).await, Ok(None));
+        let requeued = reachable && self.deps.queue.requeue_front(entry, proposal_id).await.unwrap_or(false);
+        if !reachable {
+            let _ = self.deps.queue.release(&user, proposal_id).await;
+        }
         self.cancelled(&user, proposal_id, reason, requeued).await;
     }
 
