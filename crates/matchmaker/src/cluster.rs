@@ -176,7 +176,7 @@ impl InstanceRegistry {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = beat.tick() => {
-                    if let Err(e) = self.tick(false).await {
+                    if let Err(e) = self.heartbeat().await {
                         if self.shared.beating.swap(false, Ordering::Relaxed) {
                             tracing::warn!(error = %e, "instance heartbeat failed; retrying");
                         }
@@ -197,6 +197,12 @@ impl InstanceRegistry {
             Err(e) => tracing::warn!(error = %e, "could not leave the instance registry; the others time it out"),
         }
         self.shared.beating.store(false, Ordering::Relaxed);
+    }
+
+    /// One heartbeat: renews this instance's liveness, claims and cleans up after dead
+    /// instances, and sends the events. [`InstanceRegistry::run`] calls it every interval.
+    pub async fn heartbeat(&self) -> Result<(), QueueError> {
+        self.tick(false).await
     }
 
     async fn tick(&self, first: bool) -> Result<(), QueueError> {
@@ -295,6 +301,137 @@ fn parse_tick(reply: &str) -> Result<Tick, BadReply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::locator::Locator;
+    use crate::queue::tests::test_redis;
+    use crate::queue::{EngagementKind, JoinOutcome, MatchQueue, QueueEntry, UserStatus};
+
+    const FAST: ClusterConfig = ClusterConfig { heartbeat_interval_ms: 50, instance_timeout_ms: 300 };
+
+    fn entry(user: &str) -> QueueEntry {
+        QueueEntry {
+            profile: crate::directory::PublicProfile {
+                user_id: user.into(),
+                display_name: user.into(),
+                gender: "x".into(),
+                selfie_url: None,
+                video_url: None,
+                bio: String::new(),
+            },
+            prefs: Default::default(),
+            blocked: vec![],
+            joined_at_ms: 1,
+        }
+    }
+
+    async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_redis_locator_follows_the_latest_binding_and_never_names_a_dead_instance() {
+        let Some(state) = test_redis().await else { return };
+        let (a, b) = (state.registry("a", &FAST), state.registry("b", &FAST));
+        a.register().await.unwrap();
+        b.register().await.unwrap();
+        let l = state.locator();
+        l.bind("u", "a").await.unwrap();
+        l.bind("u", "b").await.unwrap();
+        l.unbind("u", "a").await.unwrap();
+        assert_eq!(l.instance_of("u").await.unwrap().as_deref(), Some("b"), "a stale unbind is ignored");
+        l.unbind("u", "b").await.unwrap();
+        assert_eq!(l.instance_of("u").await.unwrap(), None);
+        l.bind("v", "b").await.unwrap();
+        assert_eq!(l.instance_of("nobody").await.unwrap(), None);
+        // b stops heartbeating: v stops being located there once b's key expires, before
+        // anyone has cleaned up after b.
+        until("b's liveness to expire", || async { l.instance_of("v").await.unwrap().is_none() }).await;
+        state.delete_all_for_tests().await;
+    }
+
+    #[tokio::test]
+    async fn exactly_one_survivor_cleans_up_after_a_dead_instance() {
+        let Some(state) = test_redis().await else { return };
+        let regs: Vec<InstanceRegistry> = ["a", "b", "c"].iter().map(|i| state.registry(i, &FAST)).collect();
+        for r in &regs {
+            r.register().await.unwrap();
+        }
+        let (q, l) = (state.queue(), state.locator());
+        for (user, at) in [("u", "c"), ("v", "a"), ("w", "a"), ("x", "b")] {
+            l.bind(user, at).await.unwrap();
+            assert_eq!(q.enqueue(entry(user)).await.unwrap(), JoinOutcome::Queued);
+        }
+        let call = Engagement { id: "call1".into(), kind: EngagementKind::Call, coordinator: "c".into() };
+        assert!(q.claim("w", "x", call.clone(), 0).await.unwrap());
+        let record = CallRecord {
+            call_id: "call1".into(),
+            user_a: "w".into(),
+            user_b: "x".into(),
+            started_at_ms: 7,
+            coordinator: "c".into(),
+        };
+        q.record_call(&record).await.unwrap();
+        let mut events = [regs[0].subscribe(), regs[1].subscribe()];
+        // a and b keep beating (at the same moments); c is silent, as if killed.
+        let mut heard = [None, None];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while heard.iter().any(Option::is_none) {
+            assert!(tokio::time::Instant::now() < deadline, "c was never declared dead: {heard:?}");
+            let (ra, rb) = tokio::join!(regs[0].heartbeat(), regs[1].heartbeat());
+            ra.unwrap();
+            rb.unwrap();
+            for (k, rx) in events.iter_mut().enumerate() {
+                while let Ok(ev) = rx.try_recv() {
+                    match ev {
+                        ClusterEvent::Died { instance, cleanup } if &*instance == "c" => heard[k] = Some(cleanup),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cleanups: Vec<Arc<DeadInstance>> = heard.into_iter().flatten().flatten().collect();
+        assert_eq!(cleanups.len(), 1, "exactly one survivor claimed c");
+        let dead = &cleanups[0];
+        assert_eq!(dead.users, ["u"]);
+        let mut engaged = dead.engagements.clone();
+        engaged.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(engaged, [("w".to_owned(), call.clone()), ("x".to_owned(), call)]);
+        assert_eq!(dead.calls, [record]);
+        assert_eq!(l.instance_of("u").await.unwrap(), None);
+        assert_eq!(q.status("u").await.unwrap(), UserStatus::Idle, "out of the queue");
+        assert_eq!(q.status("v").await.unwrap(), UserStatus::Queued, "others' users stay");
+        assert_eq!(q.status("w").await.unwrap(), UserStatus::Idle, "engagements it coordinated are released");
+        assert_eq!(l.instance_of("v").await.unwrap().as_deref(), Some("a"));
+        state.delete_all_for_tests().await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_liveness_key_is_reported_and_a_clean_exit_is_seen_at_once() {
+        let Some(state) = test_redis().await else { return };
+        let slow = ClusterConfig { heartbeat_interval_ms: 1_000, instance_timeout_ms: 60_000 };
+        let (a, b) = (state.registry("a", &slow), state.registry("b", &slow));
+        a.register().await.unwrap();
+        b.register().await.unwrap();
+        let mut rx = a.subscribe();
+        a.heartbeat().await.unwrap();
+        assert!(rx.try_recv().is_err(), "nothing happened yet");
+        b.deregister().await;
+        a.heartbeat().await.unwrap();
+        assert!(
+            matches!(rx.try_recv(), Ok(ClusterEvent::Died { instance, cleanup: None }) if &*instance == "b"),
+            "a deregistered instance is gone at the next heartbeat, long before its timeout"
+        );
+        // Redis restarted (every key gone): the next heartbeat says so.
+        state.delete_all_for_tests().await;
+        a.heartbeat().await.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(ClusterEvent::StateLost)));
+        assert!(a.is_beating());
+        state.delete_all_for_tests().await;
+    }
 
     #[test]
     fn empty_lists_may_come_as_objects() {

@@ -429,4 +429,4 @@ mod redis;
 pub use redis::RedisQueue;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

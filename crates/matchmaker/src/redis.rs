@@ -43,7 +43,6 @@ pub struct RedisState {
     client: fred::prelude::Client,
     options: Options,
     keys: Arc<Keys>,
-    cfg: Arc<RedisConfig>,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -109,7 +108,6 @@ impl RedisState {
             // While disconnected, fail at once (callers answer `unavailable`) instead of queueing.
             options: Options { fail_fast: true, timeout: Some(command_timeout), ..Default::default() },
             keys: Arc::new(Keys::new(&cfg.channel_prefix)),
-            cfg: Arc::new(cfg.clone()),
         })
     }
 
@@ -138,12 +136,6 @@ impl RedisState {
         let _ = self.client.quit().await;
     }
 
-    /// A second connection to the same keys (another "instance" in tests).
-    #[cfg(test)]
-    pub(crate) async fn reconnect_for_tests(&self) -> Self {
-        Self::connect(&self.cfg).await.expect("Redis reachable")
-    }
-
     /// Deletes every key of this deployment (tests clean up after themselves).
     #[cfg(test)]
     pub(crate) async fn delete_all_for_tests(&self) {
@@ -157,7 +149,6 @@ impl RedisState {
             .map(|c| if "*?[]\\".contains(c) { format!("\\{c}") } else { c.to_string() })
             .collect();
         let _ = self.run::<i64>(&DELETE, vec![self.keys.key("queue")], vec![pattern]).await;
-        self.quit().await;
     }
 
     pub(crate) fn keys(&self) -> &Keys {

@@ -200,6 +200,11 @@ pub(crate) fn test_redis_config(url: &str) -> rendezvous_bus::RedisConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_on_redis_take_each_user_at_most_once() {
     let Some(first) = test_redis().await else { return };
+    let cfg = test_redis_config(&std::env::var("TEST_REDIS_URL").unwrap());
+    let first = {
+        first.quit().await;
+        RedisState::connect(&cfg).await.unwrap()
+    };
     let users: Vec<String> = (0..60).map(|i| format!("u{i:02}")).collect();
     for (i, u) in users.iter().enumerate() {
         first.queue().enqueue(entry(u, "male", i as i64)).await.unwrap();
@@ -207,7 +212,7 @@ async fn concurrent_claims_on_redis_take_each_user_at_most_once() {
     let mut tasks = Vec::new();
     for inst in 0..8 {
         // Each "instance" has its own connection to the same keys.
-        let state = first.reconnect_for_tests().await;
+        let state = RedisState::connect(&cfg).await.unwrap();
         let users = users.clone();
         tasks.push(tokio::spawn(async move {
             use rand::{Rng, SeedableRng};
