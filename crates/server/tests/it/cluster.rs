@@ -54,6 +54,8 @@ impl Setup {
             ("RENDEZVOUS__MATCHMAKING__SWEEP_INTERVAL_MS", "200"),
             ("RENDEZVOUS__MATCHMAKING__RECONNECT_GRACE_MS", "500"),
             ("RENDEZVOUS__GATEWAY__MESSAGE_RATE__PER_SECOND", "0"),
+            ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "1000"),
+            ("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "256"),
         ];
         let mut bin = BinaryServer::spawn_with_nofile(4096, binary_env(&extra));
         let addr = bin.addr().await;
@@ -210,6 +212,8 @@ async fn three_instances_act_as_one_server() {
         proposals += h["matchmaking"]["proposals"]["made"].as_u64().unwrap();
     }
     assert_eq!(proposals, 1, "one proposal in the whole cluster");
+    let metrics = String::from_utf8(http_get(nodes[0].addr, "/metrics", &[]).await.body).unwrap();
+    assert!(metrics.contains("rendezvous_match_queue_reachable{backend=\"redis\"} 1"), "{metrics}");
     let history = calls_of(nodes[2].addr, &ann).await;
     assert_eq!(history.len(), 2, "both calls have history rows: {history:?}");
 }
