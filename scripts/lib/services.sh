@@ -269,6 +269,9 @@ cluster_node_ready() {
   return 1
 }
 
+# The ports named in a redis-cluster:// URL, one a line.
+cluster_ports() { printf '%s\n' "${1#*@}" | grep -oE ':[0-9]+' | tr -d :; }
+
 # 0 once every node reports cluster_state:ok.
 cluster_ok() {
   local port

@@ -11,6 +11,7 @@ mod outage;
 mod pending;
 mod presence;
 mod protocol;
+mod redis_cluster;
 mod sessions;
 mod shutdown;
 mod support;
