@@ -55,6 +55,10 @@ pub struct RedisConfig {
     /// Messages received from Redis and not yet fanned out to local subscribers. When
     /// it overflows the oldest are dropped and every subscription gets a gap.
     pub receive_buffer: usize,
+    /// How long an instance's entries in Redis-held registries (the per-user connection
+    /// cap across instances) count without being renewed; each instance renews its own
+    /// every third of this, so a dead instance's connections stop counting after it.
+    pub connection_ttl_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -68,6 +72,7 @@ impl Default for RedisConfig {
             reconnect_min_ms: 100,
             reconnect_max_ms: 5000,
             receive_buffer: 4096,
+            connection_ttl_ms: 30_000,
         }
     }
 }
@@ -103,6 +108,9 @@ impl RedisConfig {
         }
         if !(self.reconnect_min_ms..=600_000).contains(&self.reconnect_max_ms) {
             return bad("redis.reconnect_max_ms", "must be between redis.reconnect_min_ms and 600000");
+        }
+        if !(300..=3_600_000).contains(&self.connection_ttl_ms) {
+            return bad("redis.connection_ttl_ms", "must be between 300 and 3600000");
         }
         if !(16..=1_000_000).contains(&self.receive_buffer) {
             return bad("redis.receive_buffer", "must be between 16 and 1000000");
@@ -166,6 +174,7 @@ mod tests {
                 "redis.reconnect_max_ms",
             ),
             (RedisConfig { receive_buffer: 1, ..Default::default() }, "redis.receive_buffer"),
+            (RedisConfig { connection_ttl_ms: 10, ..Default::default() }, "redis.connection_ttl_ms"),
         ];
         for (cfg, key) in cases {
             assert_eq!(cfg.validate().unwrap_err().key, key, "{cfg:?}");
