@@ -2,6 +2,7 @@
 
 mod api;
 mod cluster_cap;
+mod cluster_invalidation;
 mod compression;
 mod framing;
 mod health;
