@@ -2,6 +2,8 @@
 
 mod api;
 mod cluster;
+mod cluster_cap;
+mod cluster_invalidation;
 mod compression;
 mod framing;
 mod health;
@@ -12,6 +14,7 @@ mod outage;
 mod pending;
 mod presence;
 mod protocol;
+mod redis_cluster;
 mod sessions;
 mod shutdown;
 mod support;
