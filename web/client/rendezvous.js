@@ -98,6 +98,11 @@ export class RendezvousError extends Error {
   }
 }
 
+/** Lets Node exit while a timer is pending (browsers' timers are plain numbers). */
+function unref(timer) {
+  if (typeof timer === "object" && typeof timer?.unref === "function") timer.unref();
+}
+
 /** A tiny typed event emitter; `on` returns a function that removes the listener. */
 class Emitter {
   #listeners = new Map();
@@ -128,6 +133,7 @@ class Emitter {
         off();
         reject(new RendezvousError("timeout", `no ${type} within ${timeoutMs} ms`));
       }, timeoutMs);
+      unref(timer);
       const off = this.on(type, (e) => {
         if (!filter(e)) return;
         clearTimeout(timer);
@@ -224,6 +230,8 @@ export class RendezvousClient extends Emitter {
   #queuePrefs = null;
   #ice = null;
   #lastSeen = 0;
+  #early = new Map();
+  #sessions = new Set();
 
   /**
    * @param {object} options see rendezvous.d.ts (`ClientOptions`)
@@ -474,8 +482,19 @@ export class RendezvousClient extends Emitter {
         this.#queuePrefs = null;
         this.match.call = msg;
         break;
+      case "call.signal":
+        // The peer may offer before this side has its camera and CallSession ready: hold
+        // the call's signals (bounded) until startCall takes them.
+        if (!this.#sessions.has(msg.call_id) && this.match.call?.call_id === msg.call_id) {
+          const held = this.#early.get(msg.call_id) ?? [];
+          if (held.length < 256) held.push(msg);
+          this.#early.set(msg.call_id, held);
+        }
+        break;
       case "call.ended":
         if (this.match.call?.call_id === msg.call_id) this.match.call = null;
+        this.#early.delete(msg.call_id);
+        this.#sessions.delete(msg.call_id);
         break;
       case "invite.received":
       case "invite.sent":
@@ -543,6 +562,7 @@ export class RendezvousClient extends Emitter {
         this.#pending.delete(id);
         if (reply) reject(new RendezvousError("timeout", `no answer to ${type} within ${timeoutMs} ms`, { request: type }));
       }, wait);
+      unref(timer);
       this.#pending.set(id, { resolve, reject, timer, type, reply, expectsReply: !!reply });
     });
     ws.send(JSON.stringify({ type, id, ...fields }));
@@ -665,13 +685,16 @@ export class RendezvousClient extends Emitter {
    */
   async startCall(confirmed, options = {}) {
     const iceServers = await this.iceServers().catch(() => []);
-    return new CallSession(this, confirmed, iceServers, options);
+    this.#sessions.add(confirmed.call_id);
+    const early = this.#early.get(confirmed.call_id) ?? [];
+    this.#early.delete(confirmed.call_id);
+    return new CallSession(this, confirmed, iceServers, options, early);
   }
 }
 
 /** One WebRTC call: an RTCPeerConnection whose offer, answer and ICE go through the server. */
 export class CallSession extends Emitter {
-  constructor(client, confirmed, iceServers, options = {}) {
+  constructor(client, confirmed, iceServers, options = {}, early = []) {
     super();
     this.client = client;
     this.callId = confirmed.call_id;
@@ -683,13 +706,14 @@ export class CallSession extends Emitter {
     this.pc = new PC({ ...(options.rtcConfiguration ?? {}), iceServers: [...iceServers, ...(options.rtcConfiguration?.iceServers ?? [])] });
     this.#pendingIce = [];
     this.#offs = [
-      client.on("call.signal", (m) => m.call_id === this.callId && this.#onSignal(m).catch((e) => this.emit("error", e))),
+      client.on("call.signal", (m) => m.call_id === this.callId && this.#queue(m)),
       client.on("call.ended", (m) => m.call_id === this.callId && this.#end(m)),
       client.on("call.peer_reconnecting", (m) => m.call_id === this.callId && this.emit("peer", { reconnecting: true, graceMs: m.grace_ms })),
       client.on("call.peer_reconnected", (m) => m.call_id === this.callId && this.emit("peer", { reconnecting: false })),
       client.on("call.resumed", (m) => m.call_id === this.callId && this.role === "offerer" && this.#offer(true)),
     ];
     if (options.localStream) for (const t of options.localStream.getTracks()) this.pc.addTrack(t, options.localStream);
+    else for (const kind of ["audio", "video"]) this.pc.addTransceiver(kind, { direction: "recvonly" });
     this.pc.onicecandidate = (e) => {
       if (e.candidate) this.client.signal(this.callId, "ice", e.candidate.toJSON()).catch(() => {});
     };
@@ -699,10 +723,17 @@ export class CallSession extends Emitter {
     };
     this.pc.onconnectionstatechange = () => this.emit("state", this.pc.connectionState);
     if (this.role === "offerer") this.#offer(false);
+    for (const m of early) this.#queue(m);
   }
 
   #pendingIce;
   #offs;
+  #chain = Promise.resolve();
+
+  /** Signals are applied one at a time, in the order the relay delivered them. */
+  #queue(m) {
+    this.#chain = this.#chain.then(() => this.#onSignal(m)).catch((e) => this.emit("error", e));
+  }
 
   async #offer(restart) {
     try {
