@@ -149,6 +149,8 @@ function wire(client) {
   client.on("welcome", async (w) => {
     app.me.userId = w.user_id;
     paintAvatar($("me-avatar"), app.me.name || "You", w.user_id);
+    // After a reconnect the library resubscribes and re-sends the state itself.
+    if (client.view(app.config.topic)) return;
     try {
       await client.subscribe(app.config.topic);
       await client.setPresence({ state: "available" });

@@ -42,8 +42,14 @@ pub struct Demo {
 impl Demo {
     /// Chromium plus a `wss` server with the demo on; `None` when Chromium is missing outside CI.
     pub async fn start() -> Option<Demo> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Demo::start`] with extra server environment.
+    pub async fn start_with(extra: &[(&str, &str)]) -> Option<Demo> {
         let chromium = Chromium::launch().await?;
-        let spec = ServerSpec::new(Scheme::Https);
+        let mut spec = ServerSpec::new(Scheme::Https);
+        spec.extra = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let server = Some(spec.start().await);
         Some(Demo { chromium, spec, server })
     }
