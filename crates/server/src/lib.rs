@@ -43,8 +43,8 @@ use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
 pub use config::{
-    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, DemoConfig, LogFormat, MemoryConfig, ServerConfig, ServerMode,
-    ShutdownConfig,
+    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, DemoConfig, LogFormat, MemoryConfig, ServerConfig,
+    ServerMode, ShutdownConfig,
 };
 pub use descriptors::{check_descriptor_budget, descriptors_needed, ensure_descriptor_budget};
 pub use guard::{Level, MemoryGuard};

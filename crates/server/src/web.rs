@@ -102,10 +102,7 @@ pub(crate) fn router(demo_enabled: bool, demo: &DemoConfig, guest_sign_in: bool)
 }
 
 async fn demo_config(State(s): State<DemoState>) -> Response {
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({ "topic": s.topic, "guest_sign_in": s.guest_sign_in })),
-    )
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(json!({ "topic": s.topic, "guest_sign_in": s.guest_sign_in })))
         .into_response()
 }
 

@@ -58,7 +58,11 @@ impl Cdp {
                 let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
                 if let Some(id) = v["id"].as_u64() {
                     if let Some(tx) = p.lock().unwrap().remove(&id) {
-                        let _ = tx.send(if v["error"].is_null() { Ok(v["result"].clone()) } else { Err(v["error"].clone()) });
+                        let _ = tx.send(if v["error"].is_null() {
+                            Ok(v["result"].clone())
+                        } else {
+                            Err(v["error"].clone())
+                        });
                     }
                 } else if let Some(method) = v["method"].as_str() {
                     let session = v["sessionId"].as_str().map(str::to_owned);
@@ -107,14 +111,19 @@ impl Page {
     pub async fn open(cdp: &Arc<Cdp>, name: &str, init_script: &str) -> Page {
         let ctx = cdp.call(None, "Target.createBrowserContext", json!({})).await.unwrap();
         let target = cdp
-            .call(None, "Target.createTarget", json!({ "url": "about:blank", "browserContextId": ctx["browserContextId"] }))
+            .call(
+                None,
+                "Target.createTarget",
+                json!({ "url": "about:blank", "browserContextId": ctx["browserContextId"] }),
+            )
             .await
             .unwrap();
         let attached = cdp
             .call(None, "Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }))
             .await
             .unwrap();
-        let page = Page { cdp: cdp.clone(), session: attached["sessionId"].as_str().unwrap().to_owned(), name: name.into() };
+        let page =
+            Page { cdp: cdp.clone(), session: attached["sessionId"].as_str().unwrap().to_owned(), name: name.into() };
         for domain in ["Page.enable", "Runtime.enable", "Network.enable"] {
             page.call(domain, json!({})).await;
         }
@@ -129,7 +138,10 @@ impl Page {
 
     /// A command on this page; a protocol error fails the test.
     pub async fn call(&self, method: &str, params: Value) -> Value {
-        self.cdp.call(Some(&self.session), method, params).await.unwrap_or_else(|e| panic!("{}: {method}: {e}", self.name))
+        self.cdp
+            .call(Some(&self.session), method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {method}: {e}", self.name))
     }
 
     /// Sets the viewport (a phone when `mobile`).
@@ -164,7 +176,11 @@ impl Page {
             .call("Runtime.evaluate", json!({ "expression": expr, "awaitPromise": true, "returnByValue": true }))
             .await;
         if let Some(ex) = r.get("exceptionDetails") {
-            panic!("{}: `{expr}` threw: {}", self.name, ex["exception"]["description"].as_str().unwrap_or(&ex.to_string()));
+            panic!(
+                "{}: `{expr}` threw: {}",
+                self.name,
+                ex["exception"]["description"].as_str().unwrap_or(&ex.to_string())
+            );
         }
         r["result"]["value"].clone()
     }

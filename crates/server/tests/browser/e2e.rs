@@ -94,7 +94,8 @@ pub async fn shot(page: &Page, name: &str) {
 
 /// Waits for the page's call to be connected with video frames decoded; returns the count.
 pub async fn frames_flowing(page: &Page) -> u64 {
-    page.wait_for("a connected RTCPeerConnection", "window.rendezvousDemo.call?.pc.connectionState === 'connected'").await;
+    page.wait_for("a connected RTCPeerConnection", "window.rendezvousDemo.call?.pc.connectionState === 'connected'")
+        .await;
     let frames = page
         .wait_for(
             "decoded video frames",
@@ -106,7 +107,11 @@ pub async fn frames_flowing(page: &Page) -> u64 {
 }
 
 fn extensions_header(headers: &Value) -> Option<String> {
-    headers.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions")).map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+    headers
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,6 +166,7 @@ async fn two_browsers_meet_in_a_video_call_that_a_third_sees() {
     shot(&ada, "04-call").await;
     ben.viewport(390, 844, true).await;
     shot(&ben, "04-call-phone").await;
+    cy.viewport(1280, 800, false).await;
     shot(&cy, "05-lobby-sees-call").await;
 
     ada.click("#call-hangup").await;
@@ -178,7 +184,8 @@ async fn two_browsers_meet_in_a_video_call_that_a_third_sees() {
     shot(&ben, "06-after-call").await;
     // Blocked: they no longer see each other in the lobby.
     ben.click("#after-back").await;
-    ben.wait_for("Ada gone from Ben's lobby", &format!("!document.querySelector('#people [data-user=\"{ada_id}\"]')")).await;
+    ben.wait_for("Ada gone from Ben's lobby", &format!("!document.querySelector('#people [data-user=\"{ada_id}\"]')"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

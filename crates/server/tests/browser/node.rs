@@ -23,7 +23,11 @@ async fn client_library_tests_pass_under_node() {
     }
     let web = web_dir();
     // `ws` stands in for the browser's WebSocket (Node 20 has none); the lock file pins it.
-    let npm = Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--prefer-offline"]).current_dir(&web).output().unwrap();
+    let npm = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+        .current_dir(&web)
+        .output()
+        .unwrap();
     assert!(npm.status.success(), "npm ci failed: {}", String::from_utf8_lossy(&npm.stderr));
 
     let spec = ServerSpec::new(Scheme::Http);
