@@ -33,7 +33,7 @@ const CLOSE_WORDS = {
   1009: "A message was too large. Reconnecting…",
   1011: "The server hit an unexpected error. Reconnecting…",
   1013: "The server is busy. Trying again shortly…",
-  4001: "You were signed out: this session was revoked. Sign in again to continue.",
+  4001: "This session was revoked, so you were signed out. Sign in again to continue.",
   4002: "The connection went quiet for too long. Reconnecting…",
   4008: "Too many messages were sent too quickly. Reconnecting…",
   4009: "You are already connected in too many tabs. Close one and reload.",

@@ -208,12 +208,12 @@ impl Page {
         }
     }
 
-    /// Waits until `selector` is visible, then clicks it.
+    /// Waits until `selector` is shown and enabled, then clicks it.
     pub async fn click(&self, selector: &str) {
         let sel = serde_json::to_string(selector).unwrap();
         self.wait_for(
             &format!("{selector} to be clickable"),
-            &format!("(() => {{ const e = document.querySelector({sel}); return !!e && !e.disabled && e.offsetParent !== null || (e && getComputedStyle(e).position === 'fixed' && !e.disabled && !e.closest('[hidden]')); }})()"),
+            &format!("(() => {{ const e = document.querySelector({sel}); return !!e && !e.disabled && e.getClientRects().length > 0; }})()"),
         )
         .await;
         self.eval(&format!("document.querySelector({sel}).click()")).await;

@@ -1,6 +1,7 @@
 //! Debian's headless Chromium as a child process, with fake camera and microphone.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -67,6 +68,8 @@ impl Chromium {
             // Running as root (CI) needs this; the pages are our own.
             .arg("--no-sandbox")
             .arg("about:blank")
+            // Its own process group, so the renderers and helpers go with it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -95,6 +98,8 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
