@@ -5,6 +5,7 @@
 //! Needs `node`/`npm` and Debian's `chromium` (scripts/lib/browser.sh installs it); without
 //! them the tests say so and pass, except under `CI`, where they fail.
 
+mod assets;
 mod bench;
 mod cdp;
 mod chromium;
