@@ -702,46 +702,77 @@ export class CallSession extends Emitter {
     this.role = confirmed.role;
     this.ended = false;
     this.remoteStream = null;
-    const PC = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
-    this.pc = new PC({ ...(options.rtcConfiguration ?? {}), iceServers: [...iceServers, ...(options.rtcConfiguration?.iceServers ?? [])] });
-    this.#pendingIce = [];
+    this.#options = options;
+    this.#iceServers = iceServers;
     this.#offs = [
       client.on("call.signal", (m) => m.call_id === this.callId && this.#queue(m)),
       client.on("call.ended", (m) => m.call_id === this.callId && this.#end(m)),
       client.on("call.peer_reconnecting", (m) => m.call_id === this.callId && this.emit("peer", { reconnecting: true, graceMs: m.grace_ms })),
-      client.on("call.peer_reconnected", (m) => m.call_id === this.callId && this.emit("peer", { reconnecting: false })),
-      client.on("call.resumed", (m) => m.call_id === this.callId && this.role === "offerer" && this.#offer(true)),
+      client.on("call.peer_reconnected", (m) => {
+        if (m.call_id !== this.callId) return;
+        this.emit("peer", { reconnecting: false });
+        this.#renegotiate();
+      }),
+      // Our own connection came back while this session lived (no reload): the peer
+      // rebuilds its side on `call.peer_reconnected`, so this side does too.
+      client.on("call.resumed", (m) => m.call_id === this.callId && this.#renegotiate()),
     ];
-    if (options.localStream) for (const t of options.localStream.getTracks()) this.pc.addTrack(t, options.localStream);
-    else for (const kind of ["audio", "video"]) this.pc.addTransceiver(kind, { direction: "recvonly" });
-    this.pc.onicecandidate = (e) => {
-      if (e.candidate) this.client.signal(this.callId, "ice", e.candidate.toJSON()).catch(() => {});
-    };
-    this.pc.ontrack = (e) => {
-      this.remoteStream = e.streams[0] ?? new MediaStream([e.track]);
-      this.emit("remotestream", this.remoteStream);
-    };
-    this.pc.onconnectionstatechange = () => this.emit("state", this.pc.connectionState);
-    if (this.role === "offerer") this.#offer(false);
+    this.#connect();
     for (const m of early) this.#queue(m);
   }
 
-  #pendingIce;
+  #options;
+  #iceServers;
+  #pendingIce = [];
   #offs;
   #chain = Promise.resolve();
+
+  /** A fresh RTCPeerConnection with the local tracks; the offerer offers at once. */
+  #connect() {
+    const options = this.#options;
+    const PC = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
+    const pc = new PC({ ...(options.rtcConfiguration ?? {}), iceServers: [...this.#iceServers, ...(options.rtcConfiguration?.iceServers ?? [])] });
+    this.pc = pc;
+    this.#pendingIce = [];
+    if (options.localStream) for (const t of options.localStream.getTracks()) pc.addTrack(t, options.localStream);
+    else for (const kind of ["audio", "video"]) pc.addTransceiver(kind, { direction: "recvonly" });
+    pc.onicecandidate = (e) => {
+      if (e.candidate && pc === this.pc) this.client.signal(this.callId, "ice", e.candidate.toJSON()).catch(() => {});
+    };
+    pc.ontrack = (e) => {
+      this.remoteStream = e.streams[0] ?? new MediaStream([e.track]);
+      this.emit("remotestream", this.remoteStream);
+    };
+    pc.onconnectionstatechange = () => pc === this.pc && this.emit("state", pc.connectionState);
+    if (this.role === "offerer") this.#offer();
+  }
+
+  /**
+   * After either side reconnected, the other side may be a new page with a new
+   * RTCPeerConnection: both sides start over with fresh connections (same roles), which
+   * works whether the peer reloaded or only its signaling blinked.
+   */
+  #renegotiate() {
+    if (this.ended) return;
+    this.#chain = this.#chain.then(() => {
+      this.pc.close();
+      this.#connect();
+    });
+  }
 
   /** Signals are applied one at a time, in the order the relay delivered them. */
   #queue(m) {
     this.#chain = this.#chain.then(() => this.#onSignal(m)).catch((e) => this.emit("error", e));
   }
 
-  async #offer(restart) {
+  async #offer() {
+    const pc = this.pc;
     try {
-      const offer = await this.pc.createOffer(restart ? { iceRestart: true } : undefined);
-      await this.pc.setLocalDescription(offer);
-      await this.client.signal(this.callId, "offer", { type: offer.type, sdp: offer.sdp });
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      if (pc === this.pc) await this.client.signal(this.callId, "offer", { type: offer.type, sdp: offer.sdp });
     } catch (err) {
-      this.emit("error", err);
+      if (pc === this.pc) this.emit("error", err);
     }
   }
 
@@ -758,14 +789,15 @@ export class CallSession extends Emitter {
       await this.#flushIce();
     } else if (m.kind === "ice") {
       // Candidates can overtake the description they belong to; hold them until it is set.
-      if (this.pc.remoteDescription) await this.pc.addIceCandidate(p);
+      if (this.pc.remoteDescription) await this.pc.addIceCandidate(p).catch(() => {});
       else this.#pendingIce.push(p);
     }
   }
 
   async #flushIce() {
     const held = this.#pendingIce.splice(0);
-    for (const c of held) await this.pc.addIceCandidate(c);
+    // A candidate left over from a connection since replaced is refused; that is harmless.
+    for (const c of held) await this.pc.addIceCandidate(c).catch(() => {});
   }
 
   #end(m) {

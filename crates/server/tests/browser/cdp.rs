@@ -156,8 +156,18 @@ impl Page {
 
     /// Navigates and waits for the load event.
     pub async fn goto(&self, url: &str) {
+        self.load("Page.navigate", json!({ "url": url })).await;
+    }
+
+    /// Reloads and waits for the load event.
+    pub async fn reload(&self) {
+        self.load("Page.reload", json!({})).await;
+    }
+
+    async fn load(&self, method: &str, params: Value) {
+        let url = params["url"].as_str().unwrap_or("the page").to_owned();
         let mut events = self.cdp.events();
-        self.call("Page.navigate", json!({ "url": url })).await;
+        self.call(method, params).await;
         let deadline = tokio::time::Instant::now() + PAGE_PATIENCE;
         loop {
             let e = tokio::time::timeout_at(deadline, events.recv())

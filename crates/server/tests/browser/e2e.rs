@@ -201,6 +201,16 @@ async fn an_invite_from_the_lobby_becomes_a_call_and_a_revoked_session_stays_sig
     shot(&eli, "07-invite").await;
     eli.click("#dialog-accept").await;
     assert!(frames_flowing(&dee).await > 0);
+
+    // Eli reloads mid-call: the page signs in again from its session, the server resumes
+    // the call, both sides build a fresh connection through the relay and video flows again.
+    dee.eval("window.firstPc = window.rendezvousDemo.call.pc; true").await;
+    eli.reload().await;
+    eli.wait_for("the call screen after the reload", "document.body.dataset.screen === 'call'").await;
+    assert!(frames_flowing(&eli).await > 0);
+    dee.wait_for("Dee's side rebuilt", "window.rendezvousDemo.call.pc !== window.firstPc").await;
+    assert!(frames_flowing(&dee).await > 0);
+    shot(&eli, "07b-call-after-reload").await;
     eli.click("#call-hangup").await;
     dee.wait_for("the after-call screen", "document.body.dataset.screen === 'after'").await;
 
