@@ -15,6 +15,7 @@
 //! - `auth`: the store authenticator (plus development tokens) and anonymous echo.
 //! - `api`: the app backend's HTTP API; `http`: `/health`, `/ready`, `/metrics`.
 //! - `guard`: the memory guard.
+//! - `web`: the browser client library and the demo app, embedded.
 
 mod api;
 mod auth;
@@ -28,6 +29,7 @@ mod handlers;
 mod http;
 mod memory;
 mod shutdown;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +51,8 @@ pub use connections::{
     ConnectionRegistry, InProcessConnections, Recorded, RedisConnections, RegistryError, member, parse_member,
 };
 pub use config::{
-    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig, ServerConfig, ServerMode,
-    ShutdownConfig,
+    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, DemoConfig, LogFormat, MemoryConfig, ServerConfig,
+    ServerMode, ShutdownConfig,
 };
 pub use descriptors::{check_descriptor_budget, descriptors_needed, ensure_descriptor_budget};
 pub use guard::{Level, MemoryGuard};
@@ -334,7 +336,8 @@ impl Server {
             presence: Some(presence),
             matchmaker: Some(matchmaker),
         };
-        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
+        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone())
+            .merge(web::router(cfg.demo_enabled(), &cfg.demo, cfg.guest_sign_in()));
         on_ready(Running { gateway: gateway.handle(), store: Some(store.clone()) });
         let served = serve_gateway(gateway, listener, http, api, shutdown).await;
         phases.stop(shutdown, &cfg.server.shutdown, &store).await;
