@@ -478,6 +478,7 @@ mod tests {
             (("RENDEZVOUS__REDIS__RECEIVE_BUFFER", "0"), "redis.receive_buffer"),
             (("RENDEZVOUS__PRESENCE__TICK_MS", "0"), "presence.tick_ms"),
             (("RENDEZVOUS__MATCHMAKING__PROPOSAL_TIMEOUT_MS", "0"), "matchmaking.proposal_timeout_ms"),
+            (("RENDEZVOUS__CLUSTER__INSTANCE_TIMEOUT_MS", "100"), "cluster.instance_timeout_ms"),
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
             (("RENDEZVOUS__SERVER__SHUTDOWN__FLUSH_MS", "0"), "server.shutdown.flush_ms"),
             (("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "0"), "gateway.pending.max_sockets"),

@@ -196,16 +196,6 @@ impl RedisQueue {
     }
 }
 
-/// `{'engaged', json}` / `{'queued'}` / `{'idle'}` / `{'already'}`.
-fn status_reply(reply: &[String]) -> Result<Result<UserStatus, bool>, QueueError> {
-    Ok(match reply {
-        [tag, e] if tag == "engaged" => Ok(UserStatus::Engaged(parse(e)?)),
-        [tag] if tag == "queued" => Ok(UserStatus::Queued),
-        [tag] if tag == "idle" => Ok(UserStatus::Idle),
-        _ => Err(true),
-    })
-}
-
 impl MatchQueue for RedisQueue {
     fn enqueue(&self, entry: QueueEntry) -> Res<'_, JoinOutcome> {
         Box::pin(async move {
@@ -229,9 +219,11 @@ impl MatchQueue for RedisQueue {
         Box::pin(async move {
             let reply: Vec<String> =
                 self.state.run(&STATUS, vec![self.k("queue"), self.k("engaged")], vec![user_id.to_owned()]).await?;
-            match status_reply(&reply)? {
-                Ok(s) => Ok(s),
-                Err(_) => Err(unavailable(std::io::Error::other(format!("unexpected status reply {reply:?}")))),
+            match reply.as_slice() {
+                [tag, e] if tag == "engaged" => Ok(UserStatus::Engaged(parse(e)?)),
+                [tag] if tag == "queued" => Ok(UserStatus::Queued),
+                [tag] if tag == "idle" => Ok(UserStatus::Idle),
+                _ => Err(unavailable(std::io::Error::other(format!("unexpected status reply {reply:?}")))),
             }
         })
     }

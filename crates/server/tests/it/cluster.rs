@@ -63,6 +63,21 @@ impl Setup {
     }
 }
 
+impl Drop for Setup {
+    /// Deletes this test's matchmaking keys (all under its hash tag), so a shared Redis
+    /// does not collect them; best effort, with `redis-cli` from the redis-server package.
+    fn drop(&mut self) {
+        let pattern = format!("{{{}mm}}:*", self.prefix);
+        let script =
+            "redis-cli -u \"$0\" --scan --pattern \"$1\" | xargs -r -d '\\n' redis-cli -u \"$0\" del >/dev/null";
+        let _ = Command::new("sh")
+            .args(["-c", script, &self.redis_url, &pattern])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 struct Node {
     bin: BinaryServer,
     addr: SocketAddr,
