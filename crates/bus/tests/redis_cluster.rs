@@ -14,7 +14,8 @@ use support::{
 
 /// The master owning `slot`, from `CLUSTER SLOTS` (`host:port`).
 async fn owner(admin: &fred::prelude::Client, slot: u16) -> String {
-    let slots: Value = admin.custom(fred::types::CustomCommand::new_static("CLUSTER", None, false), vec!["SLOTS"]).await.unwrap();
+    let slots: Value =
+        admin.custom(fred::types::CustomCommand::new_static("CLUSTER", None, false), vec!["SLOTS"]).await.unwrap();
     let Value::Array(ranges) = slots else { panic!("CLUSTER SLOTS reply {slots:?}") };
     for range in ranges {
         let Value::Array(r) = range else { continue };
@@ -57,12 +58,19 @@ async fn two_buses_talk_over_sharded_pubsub_on_every_master() {
     let a = cluster_bus(&url, "a", &prefix, 64).await;
     let b = cluster_bus(&url, "b", &prefix, 64).await;
     let health = a.health();
-    assert_eq!((health.transport, health.sharded_pubsub, health.state), ("redis-cluster", true, TransportState::Connected));
+    assert_eq!(
+        (health.transport, health.sharded_pubsub, health.state),
+        ("redis-cluster", true, TransportState::Connected)
+    );
     let mut subs = Vec::new();
     for topic in &topics {
         subs.push(b.subscribe(topic).await.unwrap());
         let channel = format!("{prefix}{topic}");
-        assert_eq!(shardnumsub(&admin, &channel).await, 1, "SSUBSCRIBE reached {channel}'s master before subscribe returned");
+        assert_eq!(
+            shardnumsub(&admin, &channel).await,
+            1,
+            "SSUBSCRIBE reached {channel}'s master before subscribe returned"
+        );
     }
     for (topic, sub) in topics.iter().zip(&mut subs) {
         a.publish(topic, Bytes::from(format!("hello {topic}"))).await.unwrap();

@@ -128,7 +128,10 @@ impl RedisConnections {
     }
 
     async fn command(&self, cmd: &'static str, args: Vec<Value>) -> Result<Value, RegistryError> {
-        self.client.custom(CustomCommand::new_static(cmd, ClusterHash::FirstKey, false), args).await.map_err(unavailable)
+        self.client
+            .custom(CustomCommand::new_static(cmd, ClusterHash::FirstKey, false), args)
+            .await
+            .map_err(unavailable)
     }
 
     async fn index(&self, user: &str, instance: &str) -> Result<(), RegistryError> {
@@ -145,7 +148,12 @@ fn text(v: &Value) -> Option<String> {
 }
 
 impl ConnectionRegistry for RedisConnections {
-    fn record<'a>(&'a self, user: &'a str, conns: Vec<(String, Option<u64>)>, cap: usize) -> RegistryResult<'a, Recorded> {
+    fn record<'a>(
+        &'a self,
+        user: &'a str,
+        conns: Vec<(String, Option<u64>)>,
+        cap: usize,
+    ) -> RegistryResult<'a, Recorded> {
         Box::pin(async move {
             let mut instances: Vec<&str> = conns.iter().filter_map(|(m, _)| parse_member(m).map(|p| p.0)).collect();
             instances.dedup();
