@@ -168,3 +168,27 @@ async fn killed_subscriber_connections_resubscribe_and_report_a_gap() {
     }
     let _ = admin.quit().await;
 }
+
+#[tokio::test]
+async fn classic_pubsub_works_on_a_cluster_when_sharding_is_off() {
+    let Some(url) = cluster_url("classic_pubsub_works_on_a_cluster_when_sharding_is_off") else { return };
+    let prefix = unique_prefix("cluster-classic");
+    let admin = cluster_admin(&url).await;
+    let topics = topics_on_every_master(&admin, &prefix).await;
+    let cfg = rendezvous_bus::RedisConfig {
+        sharded_pubsub: rendezvous_bus::ShardedPubsub::Never,
+        ..support::redis_config(url.clone(), &prefix)
+    };
+    let bus_config = rendezvous_bus::BusConfig { capacity: 64 };
+    let a = rendezvous_bus::Bus::redis("a", &cfg, &bus_config).await.unwrap();
+    let b = rendezvous_bus::Bus::redis("b", &cfg, &bus_config).await.unwrap();
+    let health = a.health();
+    assert_eq!((health.transport, health.sharded_pubsub), ("redis-cluster", false));
+    let mut subs = futures_subscribe(&b, &topics).await;
+    for (topic, sub) in topics.iter().zip(&mut subs) {
+        assert_eq!(shardnumsub(&admin, &format!("{prefix}{topic}")).await, 0, "no shard channel is used");
+        a.publish(topic, Bytes::from_static(b"classic")).await.unwrap();
+        assert_eq!(next_message(sub).await, ("a".into(), b"classic".to_vec()));
+    }
+    let _ = admin.quit().await;
+}
