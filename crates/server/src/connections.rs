@@ -357,6 +357,35 @@ impl<H: Handler> Handler for Capped<H> {
     }
 }
 
+/// Drops the entries of every instance the instance registry declares dead (`Died`), so
+/// its connections stop counting toward the cap at once instead of when they expire.
+pub(crate) async fn forget_dead(
+    mut events: tokio::sync::broadcast::Receiver<rendezvous_matchmaker::ClusterEvent>,
+    registry: Arc<dyn ConnectionRegistry>,
+    shutdown: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(rendezvous_matchmaker::ClusterEvent::Died { instance, .. }) => {
+                match registry.forget_instance(&instance).await {
+                    Ok(n) => debug!(%instance, connections = n, "dropped a dead instance's connections from the per-user cap"),
+                    // Its entries still expire after `redis.connection_ttl_ms`.
+                    Err(e) => warn!(%instance, error = %e, "cannot drop a dead instance's connections; they expire by themselves"),
+                }
+            }
+            Ok(rendezvous_matchmaker::ClusterEvent::StateLost) => {}
+            // Missed events: the entries of instances we did not hear about expire by themselves.
+            Err(RecvError::Lagged(n)) => warn!(missed = n, "missed instance registry events"),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 //! - `auth`: the store authenticator (plus development tokens) and anonymous echo.
 //! - `api`: the app backend's HTTP API; `http`: `/health`, `/ready`, `/metrics`.
 //! - `guard`: the memory guard.
+//! - `web`: the browser client library and the demo app, embedded.
 
 mod api;
 mod auth;
@@ -28,6 +29,7 @@ mod handlers;
 mod http;
 mod memory;
 mod shutdown;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +38,9 @@ use anyhow::Context;
 use directory::{PresenceActivity, StoreDirectory};
 use rendezvous_bus::Bus;
 use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler, PerUserPolicy};
-use rendezvous_matchmaker::{InProcessLocator, InProcessQueue, Locator, MatchQueue, Matchmaker, MatchmakerDeps};
+use rendezvous_matchmaker::{
+    InProcessLocator, InProcessQueue, InstanceRegistry, Locator, MatchQueue, Matchmaker, MatchmakerDeps, RedisState,
+};
 use rendezvous_presence::Presence;
 use rendezvous_store::Store;
 use tokio::net::TcpListener;
@@ -44,8 +48,8 @@ use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
 pub use config::{
-    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig, ServerConfig, ServerMode,
-    ShutdownConfig,
+    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, DemoConfig, LogFormat, MemoryConfig, ServerConfig,
+    ServerMode, ShutdownConfig,
 };
 pub use connections::{
     ConnectionRegistry, InProcessConnections, Recorded, RedisConnections, RegistryError, member, parse_member,
@@ -196,7 +200,7 @@ impl Server {
             _ => cluster.bus.as_instance(self.instance.clone()),
         };
         // Where the per-user cap is kept across instances: with the others in this process,
-        // or in Redis. The redis-state work glues `forget_instance` to dead-instance detection.
+        // or in Redis; a dead instance's entries are dropped when the instance registry declares it dead.
         let connections: Option<Arc<dyn ConnectionRegistry>> = match (&self.cluster, &cfg.redis.url) {
             (None, Some(_)) => Some(Arc::new(redis_connections(&cfg.redis).await?)),
             (Some(c), _) => Some(c.connections.clone()),
@@ -250,11 +254,33 @@ impl Server {
         let handler =
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()))
                 .with_presence(presence.clone());
+        // Outside an in-process cluster, `redis.url` puts the queue, the user registry and
+        // instance liveness in Redis too.
+        let (queue, locator, registry) = match (&self.cluster, &cfg.redis.url) {
+            (None, Some(_)) => match shared_matchmaking(&self.instance, cfg).await {
+                Ok((queue, locator, registry)) => (queue, locator, Some(registry)),
+                Err(e) => {
+                    phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+                    return Err(e);
+                }
+            },
+            _ => (cluster.queue.clone(), cluster.locator.clone(), None),
+        };
+        if let Some(registry) = &registry {
+            phases.domain.tasks().spawn(registry.clone().run(phases.domain.token()));
+            // A dead instance's connections stop counting toward the per-user cap at once,
+            // not only when their entries expire.
+            if let Some(conns) = &connections {
+                let forget = connections::forget_dead(registry.subscribe(), conns.clone(), phases.domain.token());
+                phases.domain.tasks().spawn(forget);
+            }
+        }
         let deps = MatchmakerDeps {
             directory: Arc::new(StoreDirectory::new(store.clone())),
             activity: Arc::new(PresenceActivity::new(presence.clone(), handler.away_users())),
-            queue: cluster.queue.clone(),
-            locator: cluster.locator.clone(),
+            queue,
+            locator,
+            registry,
         };
         let spawned = Matchmaker::spawn::<Connection>(
             cfg.matchmaking.clone(),
@@ -310,12 +336,25 @@ impl Server {
             presence: Some(presence),
             matchmaker: Some(matchmaker),
         };
-        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
+        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone())
+            .merge(web::router(cfg.demo_enabled(), &cfg.demo, cfg.guest_sign_in()));
         on_ready(Running { gateway: gateway.handle(), store: Some(store.clone()) });
         let served = serve_gateway(gateway, listener, http, api, shutdown).await;
         phases.stop(shutdown, &cfg.server.shutdown, &store).await;
         served
     }
+}
+
+/// The Redis-backed queue, locator and instance registry, registered (first heartbeat).
+/// An unreachable Redis stops the start, naming `redis.url`.
+async fn shared_matchmaking(
+    instance: &str,
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn MatchQueue>, Arc<dyn Locator>, InstanceRegistry)> {
+    let state = RedisState::connect(&cfg.redis).await?;
+    let registry = state.registry(instance, &cfg.cluster);
+    registry.register().await.context("cannot register this instance in Redis (redis.url)")?;
+    Ok((Arc::new(state.queue()), Arc::new(state.locator()), registry))
 }
 
 /// Serves until `shutdown` begins and the drain is over (or the shutdown is forced).
