@@ -373,9 +373,13 @@ pub(crate) async fn forget_dead(
         match event {
             Ok(rendezvous_matchmaker::ClusterEvent::Died { instance, .. }) => {
                 match registry.forget_instance(&instance).await {
-                    Ok(n) => debug!(%instance, connections = n, "dropped a dead instance's connections from the per-user cap"),
+                    Ok(n) => {
+                        debug!(%instance, connections = n, "dropped a dead instance's connections from the per-user cap")
+                    }
                     // Its entries still expire after `redis.connection_ttl_ms`.
-                    Err(e) => warn!(%instance, error = %e, "cannot drop a dead instance's connections; they expire by themselves"),
+                    Err(e) => {
+                        warn!(%instance, error = %e, "cannot drop a dead instance's connections; they expire by themselves")
+                    }
                 }
             }
             Ok(rendezvous_matchmaker::ClusterEvent::StateLost) => {}
