@@ -155,7 +155,8 @@ mod tests {
     #[test]
     fn redis_values_are_checked() {
         assert!(RedisConfig::default().validate().is_ok());
-        for url in ["redis://127.0.0.1:6379/0", "redis-cluster://u:p@10.0.0.1:7000?node=10.0.0.2:7001&node=10.0.0.3:7002"]
+        for url in
+            ["redis://127.0.0.1:6379/0", "redis-cluster://u:p@10.0.0.1:7000?node=10.0.0.2:7001&node=10.0.0.3:7002"]
         {
             let ok = RedisConfig { url: Some(url.into()), ..Default::default() };
             assert!(ok.validate().is_ok(), "{url}");

@@ -438,11 +438,11 @@ mod tests {
     #[test]
     fn sharded_pubsub_follows_the_setting_and_the_server() {
         use ShardedPubsub::*;
-        assert_eq!(use_sharded(Auto, true, Some(7)).unwrap(), true);
-        assert_eq!(use_sharded(Auto, true, Some(6)).unwrap(), false, "Redis 6 has no sharded pub/sub");
-        assert_eq!(use_sharded(Auto, false, Some(7)).unwrap(), false, "one server: classic, inspectable");
-        assert_eq!(use_sharded(Never, true, Some(7)).unwrap(), false);
-        assert_eq!(use_sharded(Always, false, Some(7)).unwrap(), true);
+        assert!(use_sharded(Auto, true, Some(7)).unwrap());
+        assert!(!use_sharded(Auto, true, Some(6)).unwrap(), "Redis 6 has no sharded pub/sub");
+        assert!(!use_sharded(Auto, false, Some(7)).unwrap(), "one server: classic, inspectable");
+        assert!(!use_sharded(Never, true, Some(7)).unwrap());
+        assert!(use_sharded(Always, false, Some(7)).unwrap());
         assert!(use_sharded(Always, true, Some(6)).unwrap_err().to_string().contains("Redis 6"));
         assert!(use_sharded(Always, true, None).is_err());
     }

@@ -14,7 +14,8 @@ use support::{
 
 /// The master owning `slot`, from `CLUSTER SLOTS` (`host:port`).
 async fn owner(admin: &fred::prelude::Client, slot: u16) -> String {
-    let slots: Value = admin.custom(fred::types::CustomCommand::new_static("CLUSTER", None, false), vec!["SLOTS"]).await.unwrap();
+    let slots: Value =
+        admin.custom(fred::types::CustomCommand::new_static("CLUSTER", None, false), vec!["SLOTS"]).await.unwrap();
     let Value::Array(ranges) = slots else { panic!("CLUSTER SLOTS reply {slots:?}") };
     for range in ranges {
         let Value::Array(r) = range else { continue };
@@ -57,12 +58,19 @@ async fn two_buses_talk_over_sharded_pubsub_on_every_master() {
     let a = cluster_bus(&url, "a", &prefix, 64).await;
     let b = cluster_bus(&url, "b", &prefix, 64).await;
     let health = a.health();
-    assert_eq!((health.transport, health.sharded_pubsub, health.state), ("redis-cluster", true, TransportState::Connected));
+    assert_eq!(
+        (health.transport, health.sharded_pubsub, health.state),
+        ("redis-cluster", true, TransportState::Connected)
+    );
     let mut subs = Vec::new();
     for topic in &topics {
         subs.push(b.subscribe(topic).await.unwrap());
         let channel = format!("{prefix}{topic}");
-        assert_eq!(shardnumsub(&admin, &channel).await, 1, "SSUBSCRIBE reached {channel}'s master before subscribe returned");
+        assert_eq!(
+            shardnumsub(&admin, &channel).await,
+            1,
+            "SSUBSCRIBE reached {channel}'s master before subscribe returned"
+        );
     }
     for (topic, sub) in topics.iter().zip(&mut subs) {
         a.publish(topic, Bytes::from(format!("hello {topic}"))).await.unwrap();
@@ -157,6 +165,30 @@ async fn killed_subscriber_connections_resubscribe_and_report_a_gap() {
     }
     for topic in &topics {
         assert_eq!(shardnumsub(&admin, &format!("{prefix}{topic}")).await, 1, "resubscribed once, on the owner");
+    }
+    let _ = admin.quit().await;
+}
+
+#[tokio::test]
+async fn classic_pubsub_works_on_a_cluster_when_sharding_is_off() {
+    let Some(url) = cluster_url("classic_pubsub_works_on_a_cluster_when_sharding_is_off") else { return };
+    let prefix = unique_prefix("cluster-classic");
+    let admin = cluster_admin(&url).await;
+    let topics = topics_on_every_master(&admin, &prefix).await;
+    let cfg = rendezvous_bus::RedisConfig {
+        sharded_pubsub: rendezvous_bus::ShardedPubsub::Never,
+        ..support::redis_config(url.clone(), &prefix)
+    };
+    let bus_config = rendezvous_bus::BusConfig { capacity: 64 };
+    let a = rendezvous_bus::Bus::redis("a", &cfg, &bus_config).await.unwrap();
+    let b = rendezvous_bus::Bus::redis("b", &cfg, &bus_config).await.unwrap();
+    let health = a.health();
+    assert_eq!((health.transport, health.sharded_pubsub), ("redis-cluster", false));
+    let mut subs = futures_subscribe(&b, &topics).await;
+    for (topic, sub) in topics.iter().zip(&mut subs) {
+        assert_eq!(shardnumsub(&admin, &format!("{prefix}{topic}")).await, 0, "no shard channel is used");
+        a.publish(topic, Bytes::from_static(b"classic")).await.unwrap();
+        assert_eq!(next_message(sub).await, ("a".into(), b"classic".to_vec()));
     }
     let _ = admin.quit().await;
 }

@@ -66,7 +66,12 @@ pub trait ConnectionRegistry: Send + Sync + 'static {
     /// Records (or renews) `conns` of `user`: members with their opening stamp, `None`
     /// for a connection opened now. Then, if the user has more than `cap` live entries,
     /// removes the oldest and returns them to be closed. One atomic step.
-    fn record<'a>(&'a self, user: &'a str, conns: Vec<(String, Option<u64>)>, cap: usize) -> RegistryResult<'a, Recorded>;
+    fn record<'a>(
+        &'a self,
+        user: &'a str,
+        conns: Vec<(String, Option<u64>)>,
+        cap: usize,
+    ) -> RegistryResult<'a, Recorded>;
     /// Removes one connection of `user`.
     fn remove<'a>(&'a self, user: &'a str, member: &'a str) -> RegistryResult<'a, ()>;
     /// The user's live members, oldest first (for tests and inspection).
@@ -91,7 +96,12 @@ impl InProcessConnections {
 }
 
 impl ConnectionRegistry for InProcessConnections {
-    fn record<'a>(&'a self, user: &'a str, conns: Vec<(String, Option<u64>)>, cap: usize) -> RegistryResult<'a, Recorded> {
+    fn record<'a>(
+        &'a self,
+        user: &'a str,
+        conns: Vec<(String, Option<u64>)>,
+        cap: usize,
+    ) -> RegistryResult<'a, Recorded> {
         let mut users = self.users();
         let entries = users.entry(user.to_owned()).or_default();
         let mut stamps = Vec::with_capacity(conns.len());
@@ -259,10 +269,8 @@ impl CapTask {
         let mut by_user: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
         self.gateway.for_each_connection(|c| by_user.entry(Arc::from(c.user_id())).or_default().push(c.id()));
         for (user, conns) in by_user {
-            let entries: Vec<(String, Option<u64>)> = conns
-                .iter()
-                .map(|&c| (member(&self.instance, c), self.stamps.get(&c).map(|s| *s)))
-                .collect();
+            let entries: Vec<(String, Option<u64>)> =
+                conns.iter().map(|&c| (member(&self.instance, c), self.stamps.get(&c).map(|s| *s))).collect();
             match self.registry.record(&user, entries, self.cap).await {
                 Ok(recorded) => {
                     for (&conn, stamp) in conns.iter().zip(recorded.stamps) {
@@ -365,9 +373,13 @@ pub(crate) async fn forget_dead(
         match event {
             Ok(rendezvous_matchmaker::ClusterEvent::Died { instance, .. }) => {
                 match registry.forget_instance(&instance).await {
-                    Ok(n) => debug!(%instance, connections = n, "dropped a dead instance's connections from the per-user cap"),
+                    Ok(n) => {
+                        debug!(%instance, connections = n, "dropped a dead instance's connections from the per-user cap")
+                    }
                     // Its entries still expire after `redis.connection_ttl_ms`.
-                    Err(e) => warn!(%instance, error = %e, "cannot drop a dead instance's connections; they expire by themselves"),
+                    Err(e) => {
+                        warn!(%instance, error = %e, "cannot drop a dead instance's connections; they expire by themselves")
+                    }
                 }
             }
             Ok(rendezvous_matchmaker::ClusterEvent::StateLost) => {}

@@ -47,12 +47,12 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
-pub use connections::{
-    ConnectionRegistry, InProcessConnections, Recorded, RedisConnections, RegistryError, member, parse_member,
-};
 pub use config::{
     ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, DemoConfig, LogFormat, MemoryConfig, ServerConfig,
     ServerMode, ShutdownConfig,
+};
+pub use connections::{
+    ConnectionRegistry, InProcessConnections, Recorded, RedisConnections, RegistryError, member, parse_member,
 };
 pub use descriptors::{check_descriptor_budget, descriptors_needed, ensure_descriptor_budget};
 pub use guard::{Level, MemoryGuard};

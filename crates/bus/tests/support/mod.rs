@@ -155,7 +155,8 @@ pub fn cluster_nodes(url: &str) -> Vec<String> {
 
 /// A plain connection to one node of the cluster.
 pub async fn node_admin(node: &str) -> fred::prelude::Client {
-    let client = Builder::from_config(Config::from_url_centralized(&format!("redis://{node}")).unwrap()).build().unwrap();
+    let client =
+        Builder::from_config(Config::from_url_centralized(&format!("redis://{node}")).unwrap()).build().unwrap();
     client.init().await.expect("connect to a cluster node");
     client
 }

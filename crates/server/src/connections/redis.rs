@@ -7,7 +7,8 @@
 //!   connections on any cluster.
 //! - `{prefix}conn-index:{instance}`: a sorted set of the users an instance recorded
 //!   (score: when, in its clock), only so `forget_instance` knows where to look. It may
-//!   name users with nothing left; entries older than twice the TTL are pruned.
+//!   name users with nothing left; entries older than twice the TTL are pruned. Written
+//!   alongside each record, in the same round trip.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -128,15 +129,19 @@ impl RedisConnections {
     }
 
     async fn command(&self, cmd: &'static str, args: Vec<Value>) -> Result<Value, RegistryError> {
-        self.client.custom(CustomCommand::new_static(cmd, ClusterHash::FirstKey, false), args).await.map_err(unavailable)
+        self.client
+            .custom(CustomCommand::new_static(cmd, ClusterHash::FirstKey, false), args)
+            .await
+            .map_err(unavailable)
     }
 
     async fn index(&self, user: &str, instance: &str) -> Result<(), RegistryError> {
         let (key, now) = (self.index_key(instance), now_ms());
         let stale = now - 2 * self.ttl.as_millis() as i64;
-        self.command("ZADD", vec![key.clone().into(), now.into(), user.into()]).await?;
-        self.command("ZREMRANGEBYSCORE", vec![key.into(), "-inf".into(), format!("({stale}").into()]).await?;
-        Ok(())
+        let added = self.command("ZADD", vec![key.clone().into(), now.into(), user.into()]);
+        let pruned = self.command("ZREMRANGEBYSCORE", vec![key.into(), "-inf".into(), format!("({stale}").into()]);
+        let (added, pruned) = tokio::join!(added, pruned);
+        added.and(pruned).map(drop)
     }
 }
 
@@ -145,21 +150,35 @@ fn text(v: &Value) -> Option<String> {
 }
 
 impl ConnectionRegistry for RedisConnections {
-    fn record<'a>(&'a self, user: &'a str, conns: Vec<(String, Option<u64>)>, cap: usize) -> RegistryResult<'a, Recorded> {
+    fn record<'a>(
+        &'a self,
+        user: &'a str,
+        conns: Vec<(String, Option<u64>)>,
+        cap: usize,
+    ) -> RegistryResult<'a, Recorded> {
         Box::pin(async move {
-            let mut instances: Vec<&str> = conns.iter().filter_map(|(m, _)| parse_member(m).map(|p| p.0)).collect();
+            let mut instances: Vec<String> =
+                conns.iter().filter_map(|(m, _)| parse_member(m).map(|p| p.0.to_owned())).collect();
             instances.dedup();
-            // Indexed first, so the index always covers what the hash holds.
-            for instance in instances {
-                self.index(user, instance).await?;
-            }
             let count = conns.len();
             let mut args: Vec<Value> = vec![(self.ttl.as_millis() as i64).into(), (cap as i64).into()];
             for (member, stamp) in conns {
                 args.push(member.into());
                 args.push(stamp.map(|s| s.to_string()).unwrap_or_default().into());
             }
-            let reply = self.eval(RECORD, self.user_key(user), args).await?;
+            // Sent together (fred pipelines them): one round trip, not three. An index
+            // write that fails leaves an entry `forget_instance` cannot find; it expires.
+            let indexed = async {
+                for instance in &instances {
+                    self.index(user, instance).await?;
+                }
+                Ok::<(), RegistryError>(())
+            };
+            let (indexed, reply) = tokio::join!(indexed, self.eval(RECORD, self.user_key(user), args));
+            if let Err(e) = indexed {
+                tracing::debug!(error = %e, user, "could not index a connection for forget_instance; it expires");
+            }
+            let reply = reply?;
             let Value::Array(mut parts) = reply.clone() else { return Err(malformed("RECORD", &reply)) };
             if parts.len() != count + 1 {
                 return Err(malformed("RECORD", &reply));
