@@ -2,6 +2,7 @@
 
 mod api;
 mod compression;
+mod deploy;
 mod framing;
 mod health;
 mod lifecycle;
