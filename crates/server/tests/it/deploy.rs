@@ -206,3 +206,39 @@ async fn a_killed_and_a_draining_instance_are_avoided() {
         assert_eq!(join(loopback(n), nginx, &format!("u{n}-still")).await.1, INSTANCES[2]);
     }
 }
+
+/// `rendezvous --healthcheck` with the instance's own configuration, as a container
+/// health check runs it: its exit status and what it printed.
+fn healthcheck(port: u16) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+        .arg("--healthcheck")
+        .env_clear()
+        .env("PORT", port.to_string())
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_mode_follows_ready() {
+    let mut server = BinaryServer::spawn_with_nofile(
+        4096,
+        binary_env(&[
+            ("RENDEZVOUS__GATEWAY__MAX_CONNECTIONS", "100"),
+            ("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "100"),
+            ("RENDEZVOUS__GATEWAY__DRAIN__WINDOW_MS", "30000"),
+            ("RENDEZVOUS__GATEWAY__DRAIN__GRACE_MS", "40000"),
+        ]),
+    );
+    let addr = server.addr().await;
+    assert_eq!(healthcheck(addr.port()), (true, String::new()));
+    // A held connection keeps the draining instance up.
+    let _held = RawClient::user(addr, "alice", false).await;
+    server.sigterm();
+    eventually("draining", || async move { http_get(addr, "/ready", &[]).await.status == 503 }).await;
+    let (ok, said) = healthcheck(addr.port());
+    assert!(!ok && said.contains("answered 503"), "{said}");
+    server.sigkill();
+    let (ok, said) = healthcheck(addr.port());
+    assert!(!ok && said.contains("cannot connect"), "{said}");
+}
