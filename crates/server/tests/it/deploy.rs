@@ -46,7 +46,8 @@ impl Cluster {
                 ("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "500"),
                 ("RENDEZVOUS__PRESENCE__TICK_MS", "100"),
                 ("RENDEZVOUS__PRESENCE__HEARTBEAT_MS", "200"),
-                ("RENDEZVOUS__PRESENCE__INSTANCE_TIMEOUT_MS", "1000"),
+                // Generous: a loaded machine must not make a live instance look dead.
+                ("RENDEZVOUS__PRESENCE__INSTANCE_TIMEOUT_MS", "5000"),
             ];
             env.extend_from_slice(extra);
             servers.push(BinaryServer::spawn_with_nofile(4096, binary_env(&env)));
