@@ -98,6 +98,10 @@ impl<O: Outbox> Task<O> {
         for u in &users {
             let _ = self.deps.queue.rebind(u, &id, engagement.clone()).await;
         }
+        let record = self.call_record(&call_id, &s.parties, started.started_at_ms);
+        if let Err(e) = self.deps.queue.record_call(&record).await {
+            tracing::warn!(error = %e, "call not recorded in the shared table");
+        }
         inc(&self.stats.calls_started);
         add(&self.stats.active_calls, 1);
         self.calls.insert(
@@ -249,6 +253,7 @@ impl<O: Outbox> Task<O> {
         for u in [&a, &b] {
             let _ = self.deps.queue.release(u, call_id).await;
         }
+        let _ = self.deps.queue.forget_call(call_id).await;
         inc(&self.stats.calls_ended);
         add(&self.stats.active_calls, -1);
         let end = CallEnd {
@@ -283,6 +288,9 @@ impl<O: Outbox> Task<O> {
     /// Users in what this instance coordinates whom no instance knows are treated as
     /// disconnected, so a lost `Gone` (a bus gap, a crashed home) cannot strand anyone.
     pub(crate) async fn sweep(&mut self) {
+        if self.quiet() {
+            return;
+        }
         let mut users: Vec<String> = Vec::new();
         for c in self.calls.values() {
             for (k, p) in c.parties.iter().enumerate() {

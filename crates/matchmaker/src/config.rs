@@ -156,6 +156,31 @@ impl MatchmakerConfig {
     }
 }
 
+/// The `[cluster]` section: instance liveness in Redis (used when `redis.url` is set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How often an instance renews its liveness key and looks for dead instances.
+    pub heartbeat_interval_ms: u64,
+    /// An instance silent for this long is dead: its users leave the queue and the
+    /// locator, and what it coordinated ends. At least twice the heartbeat interval.
+    pub instance_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { heartbeat_interval_ms: 1_000, instance_timeout_ms: 10_000 }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        range("cluster.heartbeat_interval_ms", self.heartbeat_interval_ms, 50, 60_000)?;
+        range("cluster.instance_timeout_ms", self.instance_timeout_ms, 2 * self.heartbeat_interval_ms, 600_000)
+    }
+}
+
 impl IceConfig {
     /// Checks URL schemes, and that TURN has a secret.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -222,6 +247,19 @@ mod tests {
         for (cfg, key) in cases {
             assert_eq!(cfg.validate().unwrap_err().key, key);
         }
+    }
+
+    #[test]
+    fn cluster_values_name_their_keys() {
+        ClusterConfig::default().validate().unwrap();
+        assert_eq!(ClusterConfig::default().instance_timeout_ms, 10_000);
+        let bad = |c: ClusterConfig| c.validate().unwrap_err().key;
+        assert_eq!(
+            bad(ClusterConfig { heartbeat_interval_ms: 0, ..Default::default() }),
+            "cluster.heartbeat_interval_ms"
+        );
+        let slow_beat = ClusterConfig { heartbeat_interval_ms: 6_000, instance_timeout_ms: 10_000 };
+        assert_eq!(bad(slow_beat), "cluster.instance_timeout_ms", "a timeout must cover two heartbeats");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum EndReason {
     Disconnect,
     /// The instance coordinating the call shut down.
     Shutdown,
+    /// The instance coordinating the call died without a goodbye (killed); a survivor
+    /// ended the call and wrote its row.
+    InstanceLost,
 }
 
 impl EndReason {
@@ -69,6 +72,7 @@ impl EndReason {
             EndReason::Hangup => "hangup",
             EndReason::Disconnect => "disconnect",
             EndReason::Shutdown => "shutdown",
+            EndReason::InstanceLost => "instance_lost",
         }
     }
 }

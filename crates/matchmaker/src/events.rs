@@ -34,6 +34,9 @@ pub enum CancelReason {
     Unavailable,
     /// The coordinating instance shut down; both are out of the queue.
     Shutdown,
+    /// The coordinating instance died without a goodbye (killed); this user is out of the
+    /// queue and may join again.
+    InstanceLost,
 }
 
 /// Why an invite ended without a call.

@@ -75,11 +75,19 @@ pub struct MatchmakerHandle<O> {
     pub(crate) stats: Arc<Stats>,
     pub(crate) cfg: Arc<MatchmakerConfig>,
     pub(crate) instance: Arc<str>,
+    /// For `/health`: which backend, and whether it is reachable.
+    pub(crate) queue: Arc<dyn crate::queue::MatchQueue>,
 }
 
 impl<O> Clone for MatchmakerHandle<O> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), stats: self.stats.clone(), cfg: self.cfg.clone(), instance: self.instance.clone() }
+        Self {
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+            cfg: self.cfg.clone(),
+            instance: self.instance.clone(),
+            queue: self.queue.clone(),
+        }
     }
 }
 
@@ -191,6 +199,9 @@ impl<O: Outbox> MatchmakerHandle<O> {
 
     /// Figures for `/health` and `/metrics`.
     pub fn stats(&self) -> MatchmakerStats {
-        self.stats.snapshot(&self.instance, clock::now_ms())
+        let mut s = self.stats.snapshot(&self.instance, clock::now_ms());
+        s.queue_backend = self.queue.backend();
+        s.queue_reachable = self.queue.reachable();
+        s
     }
 }

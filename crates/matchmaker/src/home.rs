@@ -44,6 +44,7 @@ impl<O: Outbox> Task<O> {
         let first = !self.users.contains_key(&user);
         let local = self.users.entry(user.clone()).or_insert_with(|| LocalUser {
             conns: Vec::new(),
+            queued: None,
             incoming: HashMap::new(),
             outgoing: Vec::new(),
             invite_times: VecDeque::new(),
@@ -230,8 +231,11 @@ impl<O: Outbox> Task<O> {
             blocked: blocked.to_vec(),
             joined_at_ms: crate::clock::now_ms(),
         };
-        match self.deps.queue.enqueue(entry).await {
+        match self.deps.queue.enqueue(entry.clone()).await {
             Ok(crate::queue::JoinOutcome::Queued) => {
+                if let Some(local) = self.users.get_mut(&user) {
+                    local.queued = Some(entry);
+                }
                 self.deps.activity.set_activity(&user, Activity::InQueue);
                 send_frame(&conn, &MatchEvent::Queued { id: req }.to_json());
             }
@@ -247,6 +251,9 @@ impl<O: Outbox> Task<O> {
         let user = conn.user_id().to_owned();
         match status {
             Some(UserStatus::Queued) if self.deps.queue.leave(&user).await.unwrap_or(false) => {
+                if let Some(local) = self.users.get_mut(&user) {
+                    local.queued = None;
+                }
                 self.deps.activity.set_activity(&user, Activity::Idle);
                 send_frame(&conn, &MatchEvent::Left { id: req, reason: None }.to_json());
             }
@@ -336,6 +343,7 @@ impl<O: Outbox> Task<O> {
             Note::Plain => {}
             Note::Reply { conn_id } => only = Some(conn_id),
             Note::CallStarted { peer } => {
+                local.queued = None;
                 local.recent_peers.retain(|p| *p != peer);
                 if local.recent_peers.len() >= self.cfg.recent_peers {
                     local.recent_peers.pop_front();
@@ -343,8 +351,14 @@ impl<O: Outbox> Task<O> {
                 local.recent_peers.push_back(peer);
                 self.deps.activity.set_activity(user, Activity::InCall);
             }
-            Note::CallEnded => self.deps.activity.set_activity(user, Activity::Idle),
+            Note::CallEnded => {
+                local.queued = None;
+                self.deps.activity.set_activity(user, Activity::Idle);
+            }
             Note::ProposalEnded { requeued } => {
+                if !requeued {
+                    local.queued = None;
+                }
                 let a = if requeued { Activity::InQueue } else { Activity::Idle };
                 self.deps.activity.set_activity(user, a);
             }

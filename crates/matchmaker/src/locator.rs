@@ -1,6 +1,6 @@
 //! Which instance holds a user's connection, so messages for the user go to that
 //! instance's inbox. [`InProcessLocator`] serves one process (and multi-instance tests);
-//! a Redis hash plugs in behind [`Locator`] for a cluster.
+//! [`RedisLocator`] serves a cluster, and never names an instance that stopped heartbeating.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,9 @@ impl Locator for InProcessLocator {
         ready(self.with(|m| m.get(user_id).cloned()))
     }
 }
+
+mod redis;
+pub use redis::RedisLocator;
 
 #[cfg(test)]
 mod tests {

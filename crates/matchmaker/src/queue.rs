@@ -1,8 +1,8 @@
 //! The queue every instance matches from, and who is engaged in what: one table shared
 //! by all instances, every operation atomic, so a user is claimed at most once however
 //! many matchers run. [`InProcessQueue`] serves one process (and tests that run several
-//! instances in one); a Redis implementation (a sorted set plus a hash, each operation
-//! one Lua script) plugs in behind the same trait.
+//! instances in one); [`RedisQueue`] (a sorted set plus hashes, each operation one Lua
+//! script) shares it between processes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -100,6 +100,22 @@ pub struct PairBan {
     pub blocked: bool,
 }
 
+/// A call in progress, kept in the shared table so that a survivor can end it (and write
+/// its history row) when the instance coordinating it dies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// The call id.
+    pub call_id: String,
+    /// The offerer.
+    pub user_a: String,
+    /// The answerer.
+    pub user_b: String,
+    /// Unix ms, as the directory recorded the start.
+    pub started_at_ms: i64,
+    /// The instance coordinating the call.
+    pub coordinator: String,
+}
+
 /// The shared table failed (a network transport); the caller answers `unavailable`.
 #[derive(Debug, thiserror::Error)]
 #[error("match queue unavailable")]
@@ -137,6 +153,18 @@ pub trait MatchQueue: Send + Sync + 'static {
     fn len(&self) -> Res<'_, usize>;
     /// Whether nobody is queued.
     fn is_empty(&self) -> Res<'_, bool>;
+    /// Re-asserts an engagement after the shared table lost it (a restarted Redis): a user
+    /// not engaged becomes engaged in `engagement` (leaving the queue); `false` if the user
+    /// is engaged already (in anything).
+    fn restore_engagement<'a>(&'a self, user_id: &'a str, engagement: Engagement) -> Res<'a, bool>;
+    /// Records a call in progress (see [`CallRecord`]); recording it again overwrites.
+    fn record_call<'a>(&'a self, call: &'a CallRecord) -> Res<'a, ()>;
+    /// Forgets a call that ended.
+    fn forget_call<'a>(&'a self, call_id: &'a str) -> Res<'a, ()>;
+    /// Which implementation this is, for `/health` (`in_process`, `redis`).
+    fn backend(&self) -> &'static str;
+    /// Whether the shared table can be reached right now, for `/health`.
+    fn reachable(&self) -> bool;
 }
 
 fn ready<'a, T: Send + 'a>(v: T) -> Res<'a, T> {
@@ -155,6 +183,7 @@ enum Slot {
 #[derive(Default)]
 struct Table {
     users: HashMap<String, Slot>,
+    calls: HashMap<String, CallRecord>,
     order: BTreeMap<(i64, u64), String>,
     seq: u64,
     bans: HashMap<(String, String), PairBan>,
@@ -365,7 +394,39 @@ impl MatchQueue for InProcessQueue {
     fn is_empty(&self) -> Res<'_, bool> {
         ready(self.with(|t| t.order.is_empty()))
     }
+
+    fn restore_engagement<'a>(&'a self, user_id: &'a str, engagement: Engagement) -> Res<'a, bool> {
+        ready(self.with(|t| {
+            if matches!(t.users.get(user_id), Some(Slot::Engaged(_))) {
+                return false;
+            }
+            t.unqueue(user_id);
+            t.users.insert(user_id.to_owned(), Slot::Engaged(engagement));
+            true
+        }))
+    }
+
+    fn record_call<'a>(&'a self, call: &'a CallRecord) -> Res<'a, ()> {
+        self.with(|t| t.calls.insert(call.call_id.clone(), call.clone()));
+        ready(())
+    }
+
+    fn forget_call<'a>(&'a self, call_id: &'a str) -> Res<'a, ()> {
+        self.with(|t| t.calls.remove(call_id));
+        ready(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "in_process"
+    }
+
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
+mod redis;
+pub use redis::RedisQueue;
+
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -85,6 +85,8 @@ impl Stats {
         let matches_last_minute = ring.iter().filter(|(s, _)| *s > sec - 60 && *s <= sec).map(|(_, n)| n).sum();
         MatchmakerStats {
             instance: instance.to_owned(),
+            queue_backend: "in_process",
+            queue_reachable: true,
             queue_length: get(&self.queue_length),
             wait_ms_p50: pct(0.50),
             wait_ms_p99: pct(0.99),
@@ -121,6 +123,10 @@ impl Stats {
 pub struct MatchmakerStats {
     /// This instance.
     pub instance: String,
+    /// Where the shared queue lives: `in_process` or `redis`.
+    pub queue_backend: &'static str,
+    /// Whether the shared queue can be reached right now.
+    pub queue_reachable: bool,
     /// Users queued (all instances), as of the last scan.
     pub queue_length: u64,
     /// Median wait from join to proposal over the last 1024 matched users.

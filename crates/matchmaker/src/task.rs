@@ -17,6 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{ClusterEvent, InstanceRegistry};
 use crate::config::MatchmakerConfig;
 use crate::directory::{ActivitySink, CallOrigin, Directory, DirectoryError, Profile, PublicProfile, StartedCall};
 use crate::events::error_json;
@@ -38,6 +39,9 @@ pub struct MatchmakerDeps {
     pub queue: Arc<dyn MatchQueue>,
     /// The shared user → instance registry.
     pub locator: Arc<dyn Locator>,
+    /// The instance registry (Redis deployments): dead instances are cleaned up after and
+    /// state lost by Redis is re-asserted. `None` in one process.
+    pub registry: Option<InstanceRegistry>,
 }
 
 impl std::fmt::Debug for MatchmakerDeps {
@@ -50,7 +54,13 @@ impl MatchmakerDeps {
     /// Deps with a fresh in-process queue and locator (one instance, or the first of
     /// several in one process: clone the result and share its queue and locator).
     pub fn in_process(directory: Arc<dyn Directory>, activity: Arc<dyn ActivitySink>) -> Self {
-        Self { directory, activity, queue: Arc::new(InProcessQueue::new()), locator: Arc::new(InProcessLocator::new()) }
+        Self {
+            directory,
+            activity,
+            queue: Arc::new(InProcessQueue::new()),
+            locator: Arc::new(InProcessLocator::new()),
+            registry: None,
+        }
     }
 }
 
@@ -86,6 +96,8 @@ impl Matchmaker {
         let (done_tx, done_rx) = mpsc::channel(cfg.max_pending_lookups.max(1));
         let stats = Arc::new(Stats::default());
         let cap = NonZeroUsize::new(cfg.pair_cache_capacity).unwrap_or(NonZeroUsize::MIN);
+        let cluster = deps.registry.as_ref().map(InstanceRegistry::subscribe);
+        let queue = deps.queue.clone();
         let task = Task {
             cfg: cfg.clone(),
             me: me.clone(),
@@ -105,9 +117,11 @@ impl Matchmaker {
             pair_cache: LruCache::new(cap),
             lookups: HashSet::new(),
             loads: 0,
+            quiet_until: None,
+            resync_pending: false,
         };
-        tracker.spawn(task.run(rx, done_rx, inbox, shutdown));
-        Ok(MatchmakerHandle { tx, stats, cfg, instance: me })
+        tracker.spawn(task.run(rx, done_rx, inbox, cluster, shutdown));
+        Ok(MatchmakerHandle { tx, stats, cfg, instance: me, queue })
     }
 }
 
@@ -131,6 +145,9 @@ pub(crate) enum Timer {
 /// One user's connections on this instance and what only the home knows.
 pub(crate) struct LocalUser<O> {
     pub(crate) conns: Vec<O>,
+    /// The entry this user was told `match.queued` with, until a proposal ends without a
+    /// requeue, a call starts or they leave: re-queued if the shared table loses it.
+    pub(crate) queued: Option<QueueEntry>,
     /// Invites to this user: invite id → coordinator.
     pub(crate) incoming: HashMap<String, String>,
     /// Invites this user sent (coordinated here).
@@ -191,6 +208,12 @@ pub(crate) struct Task<O> {
     pub(crate) lookups: HashSet<(String, String)>,
     /// Join and invite lookups in flight.
     pub(crate) loads: usize,
+    /// After the shared state was lost, no scan or sweep until every instance had time to
+    /// re-assert its own (matching or declaring users gone on a half-restored table would
+    /// double-match users or end live calls).
+    pub(crate) quiet_until: Option<Instant>,
+    /// A resynchronization failed part-way (Redis still unreachable); retried at each sweep.
+    pub(crate) resync_pending: bool,
 }
 
 pub(crate) fn send_frame<O: Outbox>(conn: &O, frame: &str) {
@@ -212,6 +235,7 @@ impl<O: Outbox> Task<O> {
         mut rx: mpsc::Receiver<Command<O>>,
         mut done_rx: mpsc::Receiver<Done<O>>,
         mut inbox: Subscription,
+        mut cluster: Option<tokio::sync::broadcast::Receiver<ClusterEvent>>,
         shutdown: CancellationToken,
     ) {
         let mut scan = tokio::time::interval(Duration::from_millis(self.cfg.match_interval_ms));
@@ -237,15 +261,24 @@ impl<O: Outbox> Task<O> {
                         }
                     },
                     Some(Received::Gap { missed }) => {
-                        // Lost commands may include a disconnect: check who is still reachable.
-                        tracing::warn!(?missed, "matchmaker inbox gap; sweeping");
+                        // Lost commands may include a disconnect, and a bus reconnect may mean
+                        // a restarted Redis: re-assert what this instance knows, then check who
+                        // is still reachable.
+                        tracing::warn!(?missed, "matchmaker inbox gap; resynchronizing");
+                        self.resync().await;
                         self.sweep().await;
                     }
                     None => break,
                 },
+                ev = next_cluster_event(&mut cluster) => self.on_cluster_event(ev).await,
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.fire_timers().await,
-                _ = scan.tick() => self.scan().await,
-                _ = sweep.tick() => self.sweep().await,
+                _ = scan.tick() => if !self.quiet() { self.scan().await },
+                _ = sweep.tick() => {
+                    if self.resync_pending {
+                        self.resync().await;
+                    }
+                    self.sweep().await;
+                }
             }
             self.flush_local().await;
         }
@@ -407,6 +440,22 @@ impl<O: Outbox> Task<O> {
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next registry event; pending forever without a registry (or once it closed).
+async fn next_cluster_event(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<ClusterEvent>>,
+) -> Result<ClusterEvent, tokio::sync::broadcast::error::RecvError> {
+    match rx {
+        Some(r) => {
+            let ev = r.recv().await;
+            if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                *rx = None;
+            }
+            ev
+        }
         None => std::future::pending().await,
     }
 }

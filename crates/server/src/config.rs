@@ -7,7 +7,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use rendezvous_bus::{BusConfig, RedisConfig};
 use rendezvous_gateway::GatewayConfig;
-use rendezvous_matchmaker::MatchmakerConfig;
+use rendezvous_matchmaker::{ClusterConfig, MatchmakerConfig};
 use rendezvous_presence::PresenceConfig;
 use rendezvous_store::{DatabaseConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Queue, proposals, invites, signaling and calls.
     pub matchmaking: MatchmakerConfig,
+    /// Instance heartbeats in Redis (used when `redis.url` is set).
+    pub cluster: ClusterConfig,
 }
 
 /// Which tokens the gateway accepts besides store sessions.
@@ -290,6 +292,7 @@ impl Config {
         self.redis.validate()?;
         self.presence.validate()?;
         self.matchmaking.validate()?;
+        self.cluster.validate()?;
         let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.into() });
         let s = &self.server.shutdown;
         for (key, v) in [

@@ -272,6 +272,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     if let Some(m) = &state.parts.matchmaker {
         let s = m.stats();
         p.gauge("match_queue_length", "users waiting in the shared queue", s.queue_length as f64);
+        let _ = write!(
+            p.0,
+            "# HELP rendezvous_match_queue_reachable 1 if the shared queue answers (label: where it lives)\n\
+             # TYPE rendezvous_match_queue_reachable gauge\n\
+             rendezvous_match_queue_reachable{{backend=\"{}\"}} {}\n",
+            s.queue_backend,
+            u8::from(s.queue_reachable)
+        );
         p.gauge(
             "match_wait_p50_seconds",
             "median queue wait of recent matches",

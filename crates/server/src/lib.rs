@@ -33,7 +33,9 @@ use anyhow::Context;
 use directory::{PresenceActivity, StoreDirectory};
 use rendezvous_bus::Bus;
 use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler};
-use rendezvous_matchmaker::{InProcessLocator, InProcessQueue, Locator, MatchQueue, Matchmaker, MatchmakerDeps};
+use rendezvous_matchmaker::{
+    InProcessLocator, InProcessQueue, InstanceRegistry, Locator, MatchQueue, Matchmaker, MatchmakerDeps, RedisState,
+};
 use rendezvous_presence::Presence;
 use rendezvous_store::Store;
 use tokio::net::TcpListener;
@@ -230,11 +232,27 @@ impl Server {
         let handler =
             ProtocolHandler::new(self.instance.to_string(), cfg.gateway.heartbeat.interval_ms, Some(store.clone()))
                 .with_presence(presence.clone());
+        // Outside an in-process cluster, `redis.url` puts the queue, the user registry and
+        // instance liveness in Redis too.
+        let (queue, locator, registry) = match (&self.cluster, &cfg.redis.url) {
+            (None, Some(_)) => match shared_matchmaking(&self.instance, cfg).await {
+                Ok((queue, locator, registry)) => (queue, locator, Some(registry)),
+                Err(e) => {
+                    phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+                    return Err(e);
+                }
+            },
+            _ => (cluster.queue.clone(), cluster.locator.clone(), None),
+        };
+        if let Some(registry) = &registry {
+            phases.domain.tasks().spawn(registry.clone().run(phases.domain.token()));
+        }
         let deps = MatchmakerDeps {
             directory: Arc::new(StoreDirectory::new(store.clone())),
             activity: Arc::new(PresenceActivity::new(presence.clone(), handler.away_users())),
-            queue: cluster.queue.clone(),
-            locator: cluster.locator.clone(),
+            queue,
+            locator,
+            registry,
         };
         let spawned = Matchmaker::spawn::<Connection>(
             cfg.matchmaking.clone(),
@@ -274,6 +292,18 @@ impl Server {
         phases.stop(shutdown, &cfg.server.shutdown, &store).await;
         served
     }
+}
+
+/// The Redis-backed queue, locator and instance registry, registered (first heartbeat).
+/// An unreachable Redis stops the start, naming `redis.url`.
+async fn shared_matchmaking(
+    instance: &str,
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn MatchQueue>, Arc<dyn Locator>, InstanceRegistry)> {
+    let state = RedisState::connect(&cfg.redis).await?;
+    let registry = state.registry(instance, &cfg.cluster);
+    registry.register().await.context("cannot register this instance in Redis (redis.url)")?;
+    Ok((Arc::new(state.queue()), Arc::new(state.locator()), registry))
 }
 
 /// Serves until `shutdown` begins and the drain is over (or the shutdown is forced).

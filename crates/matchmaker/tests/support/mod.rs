@@ -249,6 +249,7 @@ impl Cluster {
                 activity: activity.clone(),
                 queue: Arc::new(queue.clone()),
                 locator: Arc::new(locator.clone()),
+                registry: None,
             };
             let token = CancellationToken::new();
             let h = Matchmaker::spawn(cfg.clone(), bus.as_instance(format!("i{i}")), deps, token.clone(), &tracker)

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, real sockets, real clients.
 
 mod api;
+mod cluster;
 mod compression;
 mod deploy;
 mod framing;

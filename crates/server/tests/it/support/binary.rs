@@ -116,6 +116,17 @@ impl BinaryServer {
         }
     }
 
+    /// Kills the process with SIGKILL (no drain, no goodbye) and reaps it.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running (it did not exit or panic out).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Sends SIGTERM and waits for a successful exit.
     pub async fn terminate(self) {
         self.sigterm();
