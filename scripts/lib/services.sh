@@ -1,12 +1,15 @@
 # Sourced by scripts/test and scripts/test-services-check. Gives the test suites a
-# PostgreSQL and a Redis without touching the machine's own: unless TEST_DATABASE_URL /
-# TEST_REDIS_URL name existing servers, services_start starts a throwaway PostgreSQL
-# cluster and a throwaway redis-server under target/test-services/ on free loopback
-# ports, exports the two URLs, and services_stop stops them and removes their data.
+# PostgreSQL, a Redis and a Redis Cluster without touching the machine's own: unless
+# TEST_DATABASE_URL / TEST_REDIS_URL / TEST_REDIS_CLUSTER_URL name existing servers,
+# services_start starts a throwaway PostgreSQL cluster, a throwaway redis-server and a
+# three-master Redis Cluster (three `redis-server --cluster-enabled yes` joined with
+# `redis-cli --cluster create`) under target/test-services/ on free loopback ports,
+# exports the URLs, and services_stop stops them and removes their data.
 # Only missing Debian packages are installed; no system service is started, stopped or
 # reconfigured, and no password is changed.
 #
-#   services_start   start what is missing, export TEST_DATABASE_URL and TEST_REDIS_URL
+#   services_start   start what is missing, export TEST_DATABASE_URL, TEST_REDIS_URL
+#                    and TEST_REDIS_CLUSTER_URL (redis-cluster://127.0.0.1:P1?node=…)
 #   services_stop    stop what services_start started (idempotent; callers trap it)
 #
 # TEST_SERVICES_DIR overrides the state directory (default target/test-services).
@@ -17,6 +20,7 @@ SERVICES_PG_BIN=""   # set while a throwaway cluster runs
 SERVICES_PG_DIR=""
 SERVICES_REDIS_PID=""
 SERVICES_REDIS_PORT=""
+SERVICES_CLUSTER_PIDS=""  # set while a throwaway Redis Cluster runs
 
 services_log() { printf '==> %s\n' "$*" >&2; }
 
@@ -230,10 +234,114 @@ redis_stop() {
   rm -f "$SERVICES_DIR/redis/redis.pid" "$SERVICES_DIR/redis"/*.rdb
 }
 
-# --- both ------------------------------------------------------------------------------
+# --- Redis Cluster ---------------------------------------------------------------------
+
+# A port P free together with its cluster bus port P+10000, both below the ephemeral range.
+cluster_free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 2700))
+    port_open "$port" || port_open $((port + 10000)) || { echo "$port"; return 0; }
+  done
+  echo "no free port pair found in 20000-22699" >&2; return 1
+}
+
+cluster_clear_stale() {
+  local dir=$1 node pid
+  for node in "$dir"/n*; do
+    [ -d "$node" ] || continue
+    if [ -f "$node/redis.pid" ]; then
+      pid=$(cat "$node/redis.pid")
+      if [ -n "$pid" ] && process_is "$pid" redis-server "$node"; then
+        services_log "stopping a Redis Cluster node left running by an earlier run (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_for 10 process_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+      fi
+    fi
+  done
+  rm -rf "$dir"
+}
+
+# 0 once node $1 answers PING, 2 once process $2 has exited, else 1.
+cluster_node_ready() {
+  [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ] && return 0
+  kill -0 "$2" 2>/dev/null || return 2
+  return 1
+}
+
+# The ports named in a redis-cluster:// URL, one a line.
+cluster_ports() { printf '%s\n' "${1#*@}" | grep -oE ':[0-9]+' | tr -d :; }
+
+# 0 once every node reports cluster_state:ok.
+cluster_ok() {
+  local port
+  for port in "$@"; do
+    redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | tr -d '\r' | grep -qx 'cluster_state:ok' || return 1
+  done
+}
+
+redis_cluster_start() {
+  local dir="$SERVICES_DIR/redis-cluster" ports=() i port pid attempt
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    echo "Redis not found: installing it (apt-get install redis-server redis-tools)" >&2
+    apt_install redis-server redis-tools
+  fi
+  cluster_clear_stale "$dir"
+  for i in 1 2 3; do
+    mkdir -p "$dir/n$i"
+    for attempt in 1 2 3 4 5; do
+      port=$(cluster_free_port)
+      : >"$dir/n$i/redis.log"
+      # Children of this shell, not daemons; memory only, loopback only.
+      redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --save '' --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+        --dir "$dir/n$i" --pidfile "$dir/n$i/redis.pid" --logfile "$dir/n$i/redis.log" --daemonize no \
+        </dev/null >/dev/null 2>&1 {SERVICES_LOCK_FD}>&- &
+      pid=$!
+      SERVICES_CLUSTER_PIDS="$SERVICES_CLUSTER_PIDS $pid"
+      if wait_for 20 cluster_node_ready "$port" "$pid"; then break; fi
+      grep -q 'Address already in use' "$dir/n$i/redis.log" || { port=""; break; }
+      port=""
+    done
+    if [ -z "$port" ]; then
+      echo "Redis Cluster node $i did not start; the end of $dir/n$i/redis.log:" >&2
+      tail -n 20 "$dir/n$i/redis.log" >&2 || true
+      redis_cluster_stop
+      return 1
+    fi
+    ports+=("$port")
+  done
+  services_log "starting a throwaway three-master Redis Cluster on 127.0.0.1:${ports[*]}"
+  if ! redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
+    --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1; then
+    echo "redis-cli --cluster create failed:" >&2; tail -n 20 "$dir/create.log" >&2
+    redis_cluster_stop
+    return 1
+  fi
+  if ! wait_for 30 cluster_ok "${ports[@]}"; then
+    echo "the Redis Cluster on ${ports[*]} did not reach cluster_state:ok" >&2
+    redis_cluster_stop
+    return 1
+  fi
+  export TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:${ports[0]}?node=127.0.0.1:${ports[1]}&node=127.0.0.1:${ports[2]}"
+}
+
+redis_cluster_stop() {
+  [ -n "$SERVICES_CLUSTER_PIDS" ] || return 0
+  local pids=$SERVICES_CLUSTER_PIDS pid
+  SERVICES_CLUSTER_PIDS=""
+  for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in $pids; do
+    wait_for 10 process_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$SERVICES_DIR/redis-cluster"
+}
+
+# --- all -------------------------------------------------------------------------------
 
 services_start() {
-  if [ -z "${TEST_DATABASE_URL:-}" ] || [ -z "${TEST_REDIS_URL:-}" ]; then
+  if [ -z "${TEST_DATABASE_URL:-}" ] || [ -z "${TEST_REDIS_URL:-}" ] || [ -z "${TEST_REDIS_CLUSTER_URL:-}" ]; then
     mkdir -p "$SERVICES_DIR"
     # One run per checkout at a time; holding the lock also proves that any server
     # found in the state directory was left behind by an aborted run.
@@ -246,9 +354,11 @@ services_start() {
   fi
   if [ -z "${TEST_DATABASE_URL:-}" ]; then pg_start; fi
   if [ -z "${TEST_REDIS_URL:-}" ]; then redis_start; fi
+  if [ -z "${TEST_REDIS_CLUSTER_URL:-}" ]; then redis_cluster_start; fi
 }
 
 services_stop() {
+  redis_cluster_stop
   redis_stop
   pg_stop
   if [ -n "$SERVICES_LOCK_FD" ]; then

@@ -9,13 +9,17 @@
 //! - `fanout`: per-topic bounded channels in this process, used by both transports,
 //!   and the [`Subscription`] that reads one. Dropping it unsubscribes; a topic's state
 //!   is freed with its last subscriber.
-//! - `redis`: the Redis transport (PUBLISH of an `envelope`; one shared subscriber
-//!   connection per process, resubscribed after every reconnect).
+//! - `redis`: the Redis transport, one server or a Redis Cluster (PUBLISH, or SPUBLISH on
+//!   a cluster, of an `envelope`; one shared subscriber per process, resubscribed after
+//!   every reconnect and topology change).
+//! - [`redis_client_config`], [`redis_builder`]: the `[redis]` section as fred client
+//!   settings, for other parts of the server that keep state in the same Redis.
 //! - [`Received::Gap`]: messages were lost (a lagging subscriber, a transport that
 //!   reconnected). Pub/sub promises nothing across a gap, so consumers resynchronize.
 //! - [`BusConfig`]: the `[bus]` section; [`RedisConfig`]: the `[redis]` section;
 //!   [`BusHealth`]: what `/health` shows.
 
+mod client;
 mod config;
 mod envelope;
 mod fanout;
@@ -29,7 +33,8 @@ use serde::Serialize;
 
 use fanout::Fanout;
 
-pub use config::{BusConfig, ConfigError, RedisConfig};
+pub use client::{redis_builder, redis_client_config};
+pub use config::{BusConfig, ConfigError, RedisConfig, ShardedPubsub};
 pub use fanout::Subscription;
 
 /// One message on a topic.
@@ -97,8 +102,10 @@ pub enum TransportState {
 /// Bus figures for `/health` and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BusHealth {
-    /// `in_process` or `redis`.
+    /// `in_process`, `redis` (one server) or `redis-cluster`.
     pub transport: &'static str,
+    /// Whether topics travel over sharded pub/sub (SPUBLISH/SSUBSCRIBE; `redis.sharded_pubsub`).
+    pub sharded_pubsub: bool,
     /// Whether the transport works right now.
     pub state: TransportState,
     /// This handle's instance name.
@@ -132,8 +139,8 @@ impl Bus {
         Self { instance: instance.into(), transport: Transport::InProcess(Arc::new(Fanout::new(cfg.capacity, None))) }
     }
 
-    /// A bus over the Redis server at `redis.url`: one publishing and one subscribing
-    /// connection for this process, shared by every handle cloned from it. Fails with
+    /// A bus over the Redis server or Redis Cluster at `redis.url`: one publishing and one
+    /// subscribing client for this process, shared by every handle cloned from it. Fails with
     /// [`BusError::Connect`] if the server cannot be reached now (no retry at start, so a
     /// wrong URL fails fast); later disconnections are retried with bounded backoff.
     pub async fn redis(instance: impl Into<Arc<str>>, redis: &RedisConfig, bus: &BusConfig) -> Result<Self, BusError> {
@@ -180,13 +187,14 @@ impl Bus {
 
     /// Transport name, state and counters.
     pub fn health(&self) -> BusHealth {
-        let (transport, state, fanout) = match &self.transport {
-            Transport::InProcess(fanout) => ("in_process", TransportState::Connected, fanout),
-            Transport::Redis(redis) => ("redis", redis.state(), redis.fanout()),
+        let (transport, sharded_pubsub, state, fanout) = match &self.transport {
+            Transport::InProcess(fanout) => ("in_process", false, TransportState::Connected, fanout),
+            Transport::Redis(redis) => (redis.name(), redis.sharded(), redis.state(), redis.fanout()),
         };
         let c = &fanout.counters;
         BusHealth {
             transport,
+            sharded_pubsub,
             state,
             instance: self.instance.to_string(),
             topics: fanout.len(),

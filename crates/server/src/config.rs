@@ -43,6 +43,24 @@ pub struct Config {
     pub matchmaking: MatchmakerConfig,
     /// Instance heartbeats in Redis (used when `redis.url` is set).
     pub cluster: ClusterConfig,
+    /// The demo app at `/`.
+    pub demo: DemoConfig,
+}
+
+/// The demo app (`web/demo`), served at `/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo at `/`. Unset: on in development mode only (the zero-config run).
+    pub enabled: Option<bool>,
+    /// The presence topic the demo's lobby subscribes to.
+    pub topic: String,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { enabled: None, topic: "lobby".into() }
+    }
 }
 
 /// Which tokens the gateway accepts besides store sessions.
@@ -308,6 +326,12 @@ impl Config {
             return invalid("api.key", "must be empty (API off) or at least 16 characters");
         }
         self.check_shortcuts()?;
+        if !valid_topic(&self.demo.topic, self.presence.topic_max_len) {
+            return invalid(
+                "demo.topic",
+                "must be a presence topic: 1 to presence.topic_max_len bytes, [a-z0-9] then [a-z0-9_.:-]",
+            );
+        }
         if self.api.guest_session_ttl_ms == 0 {
             return invalid("api.guest_session_ttl_ms", "must be greater than 0");
         }
@@ -345,6 +369,11 @@ impl Config {
         self.auth.dev_tokens.unwrap_or_else(|| self.is_development())
     }
 
+    /// Whether the demo app is served at `/`.
+    pub fn demo_enabled(&self) -> bool {
+        self.demo.enabled.unwrap_or_else(|| self.is_development())
+    }
+
     /// Whether `POST /api/guest` is open.
     pub fn guest_sign_in(&self) -> bool {
         self.api.guest_sign_in.unwrap_or_else(|| self.is_development())
@@ -378,6 +407,15 @@ impl Config {
     }
 }
 
+/// The presence topic rules (docs/protocol.md), for topics named in config.
+fn valid_topic(topic: &str, max_len: usize) -> bool {
+    let b = topic.as_bytes();
+    !b.is_empty()
+        && b.len() <= max_len
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..].iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.:-".contains(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,7 +436,7 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/production.toml");
         let c = Config::load_from(env(&[("RENDEZVOUS_CONFIG", path)])).unwrap();
         assert!(!c.gateway.allowed_origins.is_empty());
-        assert!(!c.dev_tokens() && !c.guest_sign_in());
+        assert!(!c.dev_tokens() && !c.guest_sign_in() && !c.demo_enabled());
         assert_eq!(c.server.mode, ServerMode::Production);
     }
 
@@ -443,6 +481,8 @@ mod tests {
             (("RENDEZVOUS__GATEWAY__PER_USER_POLICY", "kick"), "per_user_policy"),
             (("RENDEZVOUS__SERVER__SHUTDOWN__FLUSH_MS", "0"), "server.shutdown.flush_ms"),
             (("RENDEZVOUS__GATEWAY__PENDING__MAX_SOCKETS", "0"), "gateway.pending.max_sockets"),
+            (("RENDEZVOUS__DEMO__TOPIC", "Lobby"), "demo.topic"),
+            (("RENDEZVOUS__DEMO__TOPIC", ""), "demo.topic"),
         ];
         for ((k, v), key) in cases {
             let err = Config::load_from(env(&[(k, v)])).unwrap_err().to_string();
@@ -453,9 +493,11 @@ mod tests {
     #[test]
     fn shortcuts_follow_the_database_unless_the_mode_says_otherwise() {
         let local = Config::load_from(env(&[])).unwrap();
-        assert!(local.is_development() && local.dev_tokens() && local.guest_sign_in());
+        assert!(local.is_development() && local.dev_tokens() && local.guest_sign_in() && local.demo_enabled());
         let pg = Config::load_from(env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
-        assert!(!pg.is_development() && !pg.dev_tokens() && !pg.guest_sign_in());
+        assert!(!pg.is_development() && !pg.dev_tokens() && !pg.guest_sign_in() && !pg.demo_enabled());
+        let demo = Config::load_from(env(&[("DATABASE_URL", "postgres://x/y"), ("RENDEZVOUS__DEMO__ENABLED", "true")]));
+        assert!(demo.unwrap().demo_enabled(), "the demo page itself is no shortcut: allowed anywhere");
         let dev =
             Config::load_from(env(&[("DATABASE_URL", "postgres://x/y"), ("RENDEZVOUS__SERVER__MODE", "development")]))
                 .unwrap();

@@ -10,14 +10,18 @@
 //! - `directory`: what presence and matchmaking read and write in the store.
 //! - `background`: activity recording, revocation closes, presence refreshes.
 //! - [`LocalCluster`]: what several instances in one process share (tests).
+//! - `connections`: `gateway.max_connections_per_user` across instances (a
+//!   [`ConnectionRegistry`] in-process or in Redis; the oldest connection anywhere gets 4010).
 //! - `auth`: the store authenticator (plus development tokens) and anonymous echo.
 //! - `api`: the app backend's HTTP API; `http`: `/health`, `/ready`, `/metrics`.
 //! - `guard`: the memory guard.
+//! - `web`: the browser client library and the demo app, embedded.
 
 mod api;
 mod auth;
 mod background;
 mod config;
+mod connections;
 mod descriptors;
 mod directory;
 mod guard;
@@ -25,6 +29,7 @@ mod handlers;
 mod http;
 mod memory;
 mod shutdown;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +37,7 @@ use std::time::Duration;
 use anyhow::Context;
 use directory::{PresenceActivity, StoreDirectory};
 use rendezvous_bus::Bus;
-use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler};
+use rendezvous_gateway::{AdmissionCheck, Authenticator, Connection, Gateway, GatewayHandle, Handler, PerUserPolicy};
 use rendezvous_matchmaker::{
     InProcessLocator, InProcessQueue, InstanceRegistry, Locator, MatchQueue, Matchmaker, MatchmakerDeps, RedisState,
 };
@@ -42,9 +47,12 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 pub use auth::{AnonymousAuthenticator, DevAuthenticator, StoreAuthenticator};
+pub use connections::{
+    ConnectionRegistry, InProcessConnections, Recorded, RedisConnections, RegistryError, member, parse_member,
+};
 pub use config::{
-    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, LogFormat, MemoryConfig, ServerConfig, ServerMode,
-    ShutdownConfig,
+    ApiConfig, AuthConfig, Config, ConfigError, DEFAULT_TOML, DemoConfig, LogFormat, MemoryConfig, ServerConfig,
+    ServerMode, ShutdownConfig,
 };
 pub use descriptors::{check_descriptor_budget, descriptors_needed, ensure_descriptor_budget};
 pub use guard::{Level, MemoryGuard};
@@ -79,6 +87,7 @@ pub struct LocalCluster {
     bus: Bus,
     queue: Arc<dyn MatchQueue>,
     locator: Arc<dyn Locator>,
+    connections: Arc<dyn ConnectionRegistry>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -94,7 +103,13 @@ impl LocalCluster {
             bus: Bus::in_process("cluster", bus),
             queue: Arc::new(InProcessQueue::new()),
             locator: Arc::new(InProcessLocator::new()),
+            connections: Arc::new(InProcessConnections::default()),
         }
+    }
+
+    /// The connection registry its instances share (for the per-user cap across them).
+    pub fn connections(&self) -> Arc<dyn ConnectionRegistry> {
+        self.connections.clone()
     }
 }
 
@@ -184,6 +199,13 @@ impl Server {
             (None, Some(_)) => Bus::redis(self.instance.clone(), &cfg.redis, &cfg.bus).await?,
             _ => cluster.bus.as_instance(self.instance.clone()),
         };
+        // Where the per-user cap is kept across instances: with the others in this process,
+        // or in Redis; a dead instance's entries are dropped when the instance registry declares it dead.
+        let connections: Option<Arc<dyn ConnectionRegistry>> = match (&self.cluster, &cfg.redis.url) {
+            (None, Some(_)) => Some(Arc::new(redis_connections(&cfg.redis).await?)),
+            (Some(c), _) => Some(c.connections.clone()),
+            (None, None) => None,
+        };
         let store = Store::open(&cfg.database, cfg.store.clone(), bus.clone()).await.with_context(|| {
             format!(
                 "cannot open the database at {} (database.url / DATABASE_URL)",
@@ -246,6 +268,12 @@ impl Server {
         };
         if let Some(registry) = &registry {
             phases.domain.tasks().spawn(registry.clone().run(phases.domain.token()));
+            // A dead instance's connections stop counting toward the per-user cap at once,
+            // not only when their entries expire.
+            if let Some(conns) = &connections {
+                let forget = connections::forget_dead(registry.subscribe(), conns.clone(), phases.domain.token());
+                phases.domain.tasks().spawn(forget);
+            }
         }
         let deps = MatchmakerDeps {
             directory: Arc::new(StoreDirectory::new(store.clone())),
@@ -275,7 +303,29 @@ impl Server {
             presence.clone(),
             phases.domain.token(),
         ));
-        let gateway = builder.build(auth, handler);
+        let cap = match connections.filter(|_| cfg.gateway.per_user_policy == PerUserPolicy::CloseOldest) {
+            None => None,
+            Some(registry) => {
+                let spawned = connections::ConnectionCap::spawn(
+                    registry,
+                    bus.clone(),
+                    builder.handle(),
+                    cfg.gateway.max_connections_per_user,
+                    Duration::from_millis(cfg.redis.connection_ttl_ms / 3),
+                    phases.domain.token(),
+                    phases.domain.tasks(),
+                )
+                .await;
+                match spawned {
+                    Ok(cap) => Some(cap),
+                    Err(e) => {
+                        phases.stop(shutdown, &cfg.server.shutdown, &store).await;
+                        return Err(anyhow::Error::new(e).context("cannot start the per-user connection cap"));
+                    }
+                }
+            }
+        };
+        let gateway = builder.build(auth, connections::Capped::new(handler, cap));
         let revoked = background::close_revoked(store.revocations(), gateway.handle(), phases.domain.token());
         phases.domain.tasks().spawn(revoked);
         let http = HttpParts {
@@ -286,7 +336,8 @@ impl Server {
             presence: Some(presence),
             matchmaker: Some(matchmaker),
         };
-        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone());
+        let api = api::router(store.clone(), cfg.api.clone(), cfg.guest_sign_in(), cfg.gateway.trusted_proxies.clone())
+            .merge(web::router(cfg.demo_enabled(), &cfg.demo, cfg.guest_sign_in()));
         on_ready(Running { gateway: gateway.handle(), store: Some(store.clone()) });
         let served = serve_gateway(gateway, listener, http, api, shutdown).await;
         phases.stop(shutdown, &cfg.server.shutdown, &store).await;
@@ -322,6 +373,15 @@ async fn serve_gateway<A: Authenticator, H: Handler>(
     }
     tracing::info!("drained");
     Ok(())
+}
+
+/// The connection registry on the Redis at `redis.url`, through a client of its own.
+async fn redis_connections(redis: &rendezvous_bus::RedisConfig) -> anyhow::Result<RedisConnections> {
+    use fred::prelude::ClientLike;
+    let client = rendezvous_bus::redis_builder(redis)?.build().context("redis.url")?;
+    client.init().await.context("cannot connect the connection registry to Redis (redis.url / REDIS_URL)")?;
+    let ttl = Duration::from_millis(redis.connection_ttl_ms);
+    Ok(RedisConnections::new(client, &redis.channel_prefix, ttl))
 }
 
 /// Says at every start, loudly, which development shortcuts are on, and what a

@@ -127,3 +127,49 @@ impl Proxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// `TEST_REDIS_CLUSTER_URL` (`redis-cluster://…`), or `None` with a printed reason when it
+/// is unset outside CI. In CI (`CI` set) a missing URL fails the test.
+pub fn cluster_url(test: &str) -> Option<String> {
+    match std::env::var("TEST_REDIS_CLUSTER_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("TEST_REDIS_CLUSTER_URL must name a Redis Cluster in CI (scripts/test starts one)")
+        }
+        _ => {
+            eprintln!("skipping {test}: TEST_REDIS_CLUSTER_URL is not set (scripts/test starts a Redis Cluster)");
+            None
+        }
+    }
+}
+
+/// The `host:port` of every node named in a `redis-cluster://` URL.
+pub fn cluster_nodes(url: &str) -> Vec<String> {
+    let rest = url.trim_start_matches("redis-cluster://");
+    let rest = rest.rsplit('@').next().unwrap();
+    let (first, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut nodes = vec![first.trim_end_matches('/').to_owned()];
+    nodes.extend(query.split('&').filter_map(|kv| kv.strip_prefix("node=")).map(str::to_owned));
+    nodes
+}
+
+/// A plain connection to one node of the cluster.
+pub async fn node_admin(node: &str) -> fred::prelude::Client {
+    let client = Builder::from_config(Config::from_url_centralized(&format!("redis://{node}")).unwrap()).build().unwrap();
+    client.init().await.expect("connect to a cluster node");
+    client
+}
+
+/// A cluster client for inspecting the cluster.
+pub async fn cluster_admin(url: &str) -> fred::prelude::Client {
+    let client = Builder::from_config(Config::from_url(url).unwrap()).build().unwrap();
+    client.init().await.expect("connect to TEST_REDIS_CLUSTER_URL");
+    client
+}
+
+/// A bus on the cluster, as a separate instance would have.
+pub async fn cluster_bus(url: &str, instance: &str, prefix: &str, capacity: usize) -> Bus {
+    Bus::redis(instance, &redis_config(url.to_owned(), prefix), &BusConfig { capacity })
+        .await
+        .expect("connect to TEST_REDIS_CLUSTER_URL")
+}

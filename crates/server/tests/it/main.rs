@@ -2,6 +2,8 @@
 
 mod api;
 mod cluster;
+mod cluster_cap;
+mod cluster_invalidation;
 mod compression;
 mod deploy;
 mod framing;
@@ -13,6 +15,7 @@ mod outage;
 mod pending;
 mod presence;
 mod protocol;
+mod redis_cluster;
 mod sessions;
 mod shutdown;
 mod support;

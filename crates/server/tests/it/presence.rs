@@ -26,9 +26,9 @@ async fn two_instances(grace_ms: u64) -> (crate::support::TestServer, crate::sup
 
 /// A client's view of one topic, kept with the documented algorithm.
 #[derive(Default, Debug)]
-struct View {
+pub(crate) struct View {
     seq: u64,
-    entries: BTreeMap<String, Value>,
+    pub(crate) entries: BTreeMap<String, Value>,
     /// Every id that ever left, in order.
     left: Vec<String>,
 }
@@ -62,7 +62,7 @@ impl View {
     }
 
     /// Applies presence messages until `done` holds for the view.
-    async fn until(&mut self, c: &mut RawClient, what: &str, done: impl Fn(&View) -> bool) {
+    pub(crate) async fn until(&mut self, c: &mut RawClient, what: &str, done: impl Fn(&View) -> bool) {
         tokio::time::timeout(crate::support::PATIENCE, async {
             while !done(self) {
                 let m = c.json().await;
@@ -73,12 +73,12 @@ impl View {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}; view: {self:?}"));
     }
 
-    fn state(&self, id: &str) -> Option<&str> {
+    pub(crate) fn state(&self, id: &str) -> Option<&str> {
         self.entries.get(id).and_then(|e| e["state"].as_str())
     }
 }
 
-async fn subscribe(c: &mut RawClient, topic: &str) -> View {
+pub(crate) async fn subscribe(c: &mut RawClient, topic: &str) -> View {
     c.send_text(&json!({"type": "presence.subscribe", "topic": topic, "id": 1}).to_string(), false).await;
     assert_eq!(next_of_type(c, "presence.ack").await["id"], 1);
     let mut view = View::default();
