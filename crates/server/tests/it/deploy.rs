@@ -419,7 +419,6 @@ async fn a_rolling_restart_moves_clients_and_keeps_their_presence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the matchmaking queue and locator on Redis (redis-state): until then a call spans one process"]
 async fn a_call_across_instances_survives_a_rolling_restart() {
     let mut cluster = Cluster::start(&[
         ("RENDEZVOUS__GATEWAY__DRAIN__WINDOW_MS", "1000"),

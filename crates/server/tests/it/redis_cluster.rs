@@ -22,7 +22,12 @@ pub fn cluster_url(test: &str) -> Option<String> {
 }
 
 /// An instance named `name` on the Redis at `url`, with a channel prefix of the test's own.
-pub async fn instance_on(url: &str, prefix: &str, name: &str, edit: impl FnOnce(&mut rendezvous::Config)) -> TestServer {
+pub async fn instance_on(
+    url: &str,
+    prefix: &str,
+    name: &str,
+    edit: impl FnOnce(&mut rendezvous::Config),
+) -> TestServer {
     let mut c = test_config();
     c.server.instance_id = name.into();
     c.presence.tick_ms = 100;

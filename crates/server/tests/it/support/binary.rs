@@ -97,12 +97,6 @@ impl BinaryServer {
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
-    /// Sends SIGKILL and reaps the process: no drain, no goodbye to anyone.
-    pub fn sigkill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
     /// Waits at most `limit` for a successful exit.
     pub async fn exited(mut self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
