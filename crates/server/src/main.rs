@@ -6,14 +6,18 @@ use anyhow::Context;
 use rendezvous::{Config, LogFormat, Mode, Server, Shutdown};
 use tracing_subscriber::EnvFilter;
 
+mod probe;
+
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const USAGE: &str = "usage: rendezvous [--echo] [--check-config] [--version] [--help]
+const USAGE: &str = "usage: rendezvous [--echo] [--check-config] [--healthcheck] [--version] [--help]
 
   --echo          run the gateway as a plain echo server on / and /ws (no auth), for Autobahn
   --check-config  load and validate the configuration (and check it against the
                   open-file limit), print it as JSON, and exit
+  --healthcheck   ask the instance running with this configuration on this machine for
+                  /ready; exit 0 if it answers 200, 1 otherwise (container health checks)
 
 Configuration: config/default.toml (built in), the file named by RENDEZVOUS_CONFIG,
 then RENDEZVOUS__SECTION__KEY variables, PORT, DATABASE_URL and REDIS_URL.";
@@ -21,10 +25,12 @@ then RENDEZVOUS__SECTION__KEY variables, PORT, DATABASE_URL and REDIS_URL.";
 fn main() -> ExitCode {
     let mut mode = Mode::Serve;
     let mut check_only = false;
+    let mut healthcheck = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--echo" => mode = Mode::Echo,
             "--check-config" => check_only = true,
+            "--healthcheck" => healthcheck = true,
             "--version" => {
                 println!("rendezvous {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
@@ -43,9 +49,19 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rendezvous: configuration error: {e}");
-            return ExitCode::from(2);
+            // Health checkers reserve 2; an unusable configuration is plainly unhealthy.
+            return if healthcheck { ExitCode::FAILURE } else { ExitCode::from(2) };
         }
     };
+    if healthcheck {
+        return match probe::ready(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rendezvous: not ready: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let open_file_limit = match rendezvous::ensure_descriptor_budget(&config) {
         Ok(limit) => limit,
         Err(e) => {

@@ -5,6 +5,7 @@ mod cluster;
 mod cluster_cap;
 mod cluster_invalidation;
 mod compression;
+mod deploy;
 mod framing;
 mod health;
 mod lifecycle;

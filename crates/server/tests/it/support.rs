@@ -1,6 +1,7 @@
 //! Shared test helpers: start a real server on port 0 and talk to it with real clients.
 
 mod binary;
+pub mod nginx;
 
 pub use binary::{BinaryServer, binary_env};
 
