@@ -58,8 +58,8 @@ async fn two_users_are_proposed_and_confirmed() {
     assert_eq!((calls[0].a.as_str(), calls[0].b.as_str()), ("a", "b"));
     let s = cl.handles[0].stats();
     assert_eq!((s.proposals.made, s.proposals.accepted, s.active_calls), (1, 1, 1));
-    // a joined 5 ms before b; the matcher needs one scan to learn the pair's cooldown
-    // state from the directory and one more to claim them: at most two intervals.
+    // a joined 5 ms before b; cooldowns came with the joins, so the next scan claims them
+    // (the bound allows two intervals).
     let p99 = s.wait_ms_p99.unwrap();
     assert!((5..=5 + 2 * 100).contains(&p99), "{p99}");
 }
@@ -276,7 +276,7 @@ async fn blocks_and_cooldowns_keep_pairs_apart() {
     c.expect("match.queued").await;
     tokio::time::sleep(Duration::from_secs(119)).await;
     a.expect_nothing().await;
-    // The cooldown ends at 120 s; the cached answer is re-checked within pair_cache_ttl_ms.
+    // The cooldown loaded at a's join ends at 120 s; the next scan pairs them.
     let p = a.expect("match.proposed").await;
     assert_eq!(p["peer"]["user_id"], "c");
     assert!(rendezvous_matchmaker::now_ms() >= cl.dir.cooldown_until("a", "c").unwrap());
