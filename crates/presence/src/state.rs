@@ -163,8 +163,8 @@ impl<O: Outbox> State<O> {
             self.outgoing.seq += 1;
         }
         if std::mem::take(&mut self.outgoing.full_requested) {
-            self.outgoing.users.clear();
-            self.outgoing.memberships.clear();
+            self.outgoing.users = Default::default();
+            self.outgoing.memberships = Default::default();
             out.push(self.full_state());
         } else if !self.outgoing.is_empty() {
             out.push(self.delta());

@@ -192,7 +192,7 @@ impl<O: Outbox> Topic<O> {
         let view = self.window(window).into_iter().map(|e| (e.id.clone(), e.clone())).collect();
         self.view = view;
         self.count = self.members.len();
-        self.dirty.clear();
+        self.dirty = HashMap::new();
         self.changes = 0;
         self.seq += 1;
         self.tick_at = now_ms;
@@ -279,7 +279,7 @@ impl<O: Outbox> Topic<O> {
         let changes = std::mem::take(&mut self.changes);
         if self.subscribers() == 0 {
             // Nobody to tell; the view is rebuilt when someone subscribes.
-            self.dirty.clear();
+            self.dirty = HashMap::new();
             return;
         }
         let window: Vec<Arc<ShownEntry>> = self.window(limits.window).into_iter().cloned().collect();
@@ -299,7 +299,7 @@ impl<O: Outbox> Topic<O> {
         let entries = (joins.len() + updates.len() + leaves.len()) as u64;
         report.coalesced += changes.saturating_sub(entries);
         if entries == 0 && count == self.count && !self.hidden_count_changed() {
-            self.dirty.clear();
+            self.dirty = HashMap::new();
             return;
         }
         report.entries += entries;
@@ -352,7 +352,7 @@ impl<O: Outbox> Topic<O> {
         }
         self.view = new_view;
         self.count = count;
-        self.dirty.clear();
+        self.dirty = HashMap::new();
         self.snapshot = None;
     }
 }
