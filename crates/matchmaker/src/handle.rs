@@ -56,10 +56,19 @@ pub(crate) enum Op {
     InviteDecline(String),
     InviteCancel(String),
     /// `at`: when the handle took it, for the relay-time figure.
-    Signal { call_id: String, kind: SignalKind, payload: serde_json::Value, at: tokio::time::Instant },
+    Signal {
+        call_id: String,
+        kind: SignalKind,
+        payload: serde_json::Value,
+        at: tokio::time::Instant,
+    },
     Hangup(String),
     Block(String),
-    Report { user_id: String, reason: ReportReason, text: Option<String> },
+    Report {
+        user_id: String,
+        reason: ReportReason,
+        text: Option<String>,
+    },
 }
 
 /// Commands for the matchmaker task.

@@ -217,9 +217,7 @@ impl<O: Outbox> Task<O> {
         self.tracker.spawn(async move {
             let PendingJoin { conn, req, prefs } = join;
             let user = conn.user_id().to_owned();
-            let cooling = async {
-                if cooldowns { directory.cooldowns(&user).await } else { Ok(Arc::default()) }
-            };
+            let cooling = async { if cooldowns { directory.cooldowns(&user).await } else { Ok(Arc::default()) } };
             let result = tokio::try_join!(directory.profile(&user), directory.blocks(&user), cooling);
             let _ = done.send(Done::Joined { conn, req, prefs, result }).await;
         });
@@ -229,7 +227,8 @@ impl<O: Outbox> Task<O> {
     pub(crate) fn next_join(&mut self) {
         while self.loads < self.cfg.max_pending_lookups {
             let Some(join) = self.join_line.pop_front() else { return };
-            let open = self.users.get(join.conn.user_id()).is_some_and(|u| u.conns.iter().any(|c| c.id() == join.conn.id()));
+            let open =
+                self.users.get(join.conn.user_id()).is_some_and(|u| u.conns.iter().any(|c| c.id() == join.conn.id()));
             if open {
                 self.look_up_join(join);
             }
@@ -423,7 +422,12 @@ pub(crate) const BLOCK_BAN_MS: i64 = 86_400_000;
 fn signal_fits<O: Outbox>(conn: &O, payload: &serde_json::Value, max: usize, req: &Option<RequestId>) -> bool {
     let size = serde_json::to_string(payload).map(|s| s.len()).unwrap_or(usize::MAX);
     if size > max {
-        send_error(conn, ErrorCode::PayloadTooLarge, format!("field `payload`: {size} bytes, the limit is {max}"), req.clone());
+        send_error(
+            conn,
+            ErrorCode::PayloadTooLarge,
+            format!("field `payload`: {size} bytes, the limit is {max}"),
+            req.clone(),
+        );
         return false;
     }
     true

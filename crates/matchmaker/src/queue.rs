@@ -59,7 +59,8 @@ impl QueueEntry {
 
     /// Whether a cooldown loaded at either one's join still keeps the two apart at `now_ms`.
     pub fn cooling_with(&self, other: &QueueEntry, now_ms: i64) -> bool {
-        let cooling = |a: &QueueEntry, b: &QueueEntry| a.cooldowns.iter().any(|(u, until)| u == b.user_id() && *until > now_ms);
+        let cooling =
+            |a: &QueueEntry, b: &QueueEntry| a.cooldowns.iter().any(|(u, until)| u == b.user_id() && *until > now_ms);
         cooling(self, other) || cooling(other, self)
     }
 }

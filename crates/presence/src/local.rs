@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use crate::directory::{Lookup, Profile};
 use crate::entry::{Activity, Entry, UserId};
-use crate::state::{LOCAL, LookupRequest, State};
 use crate::small::{SmallMap, SmallSet};
+use crate::state::{LOCAL, LookupRequest, State};
 use crate::topic::Blocks;
 use crate::wire::{self, codes};
 use rendezvous_gateway::Outbox;
@@ -73,8 +73,10 @@ impl<O: Outbox> State<O> {
             return;
         }
         let user: UserId = Arc::from(conn.user_id());
-        self.conns
-            .insert(id, Conn { outbox: conn.clone(), user: user.clone(), topics: SmallSet::default(), pending: Vec::new() });
+        self.conns.insert(
+            id,
+            Conn { outbox: conn.clone(), user: user.clone(), topics: SmallSet::default(), pending: Vec::new() },
+        );
         if !self.users.contains_key(&user) {
             // A user who moved here from another instance keeps what they had chosen there.
             let now_ms = self.clock.unix_ms(now);
