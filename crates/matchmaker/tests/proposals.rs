@@ -328,3 +328,28 @@ async fn a_reconnect_during_a_proposal_gets_it_again_on_any_instance() {
     a.expect("match.confirmed").await;
     b2.expect("match.confirmed").await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn joins_over_the_lookup_budget_wait_in_line_and_can_leave_it() {
+    let cfg = rendezvous_matchmaker::MatchmakerConfig { max_pending_lookups: 1, ..test_config() };
+    let mut cl = Cluster::new(1, cfg).await;
+    let mut users: Vec<Client> = ["a", "b", "c"].iter().map(|u| cl.user(0, u, "female")).collect();
+    // Different regions: nobody is matched, so the queue shows exactly who joined.
+    let alone = |r: &str| MatchPrefs { region: Some(r.into()), ..Default::default() };
+    for (u, r) in users.iter().zip(["r1", "r2", "r3"]) {
+        join_with(u, alone(r));
+    }
+    // All three joins are queued before the task runs: one lookup starts, two wait in
+    // line; c leaves while its join is still waiting.
+    users[2].h.leave(&users[2].conn, Some(RequestId::Number(2))).unwrap();
+    users[0].expect("match.queued").await;
+    users[1].expect("match.queued").await;
+    let left = users[2].expect("match.left").await;
+    assert_eq!(left["id"], 2);
+    settle().await;
+    users[2].expect_nothing().await;
+    let mut queued: Vec<String> = cl.queue.snapshot().into_iter().map(|(u, _)| u).collect();
+    queued.sort();
+    assert_eq!(queued, ["a", "b"], "c's join was taken out of line, not queued later");
+    assert_eq!(cl.handles[0].stats().rejected_busy, 0);
+}
