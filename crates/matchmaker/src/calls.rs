@@ -9,7 +9,6 @@ use tokio::time::Instant;
 use crate::clock;
 use crate::directory::{CallEnd, DirectoryError, EndReason, StartedCall};
 use crate::events::{CancelReason, InviteEnd, MatchEvent, Role};
-use crate::home::pair_key;
 use crate::queue::{Engagement, EngagementKind, PairBan};
 use crate::stats::{add, inc};
 use crate::task::{Call, Task, Timer};
@@ -36,7 +35,7 @@ impl<O: Outbox> Task<O> {
                     self.send_to_user(&user, Note::ProposalEnded { requeued: false }, String::new()).await;
                 }
             }
-            PairCmd::Signal { call_id, kind, payload } => {
+            PairCmd::Signal { call_id, kind, payload, since } => {
                 let Some(k) = self.party(&call_id, &user) else {
                     return self.reply_error(&user, conn_id, ErrorCode::NoSuchCall, "call is over", req).await;
                 };
@@ -44,6 +43,9 @@ impl<O: Outbox> Task<O> {
                 inc(&self.stats.signals_relayed);
                 let ev = MatchEvent::Signal { call_id, kind, payload };
                 self.send_to_user(&peer, Note::Plain, ev.to_json()).await;
+                if let Some(at) = since {
+                    self.stats.relayed(at.elapsed());
+                }
             }
             PairCmd::Hangup { call_id } => {
                 if self.party(&call_id, &user).is_none() {
@@ -63,7 +65,7 @@ impl<O: Outbox> Task<O> {
         }
     }
 
-    fn party(&self, call_id: &str, user: &str) -> Option<usize> {
+    pub(crate) fn party(&self, call_id: &str, user: &str) -> Option<usize> {
         self.calls.get(call_id)?.parties.iter().position(|p| p.user_id == user)
     }
 
@@ -247,8 +249,6 @@ impl<O: Outbox> Task<O> {
             if let Err(e) = self.deps.queue.ban_pair(&a, &b, PairBan { until_ms: until, blocked: false }).await {
                 tracing::warn!(error = %e, "cooldown not shared");
             }
-            let trust = Instant::now() + std::time::Duration::from_millis(self.cfg.cooldown_ms);
-            self.pair_cache.put(pair_key(&a, &b), (true, trust));
         }
         for u in [&a, &b] {
             let _ = self.deps.queue.release(u, call_id).await;

@@ -319,6 +319,7 @@ mod tests {
             },
             prefs: Default::default(),
             blocked: vec![],
+            cooldowns: vec![],
             joined_at_ms: 1,
         }
     }

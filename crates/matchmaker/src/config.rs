@@ -22,21 +22,18 @@ pub struct MatchmakerConfig {
     pub reconnect_grace_ms: u64,
     /// Largest `call.signal` payload, serialized.
     pub max_signal_bytes: usize,
-    /// How often the matcher scans the queue (it also scans right after a local join).
+    /// How often the matcher scans the queue; a scan that read a full `scan_limit` and
+    /// made proposals is followed at once by another.
     pub match_interval_ms: u64,
     /// Queue entries one scan looks at, oldest first; bounds the work per scan.
     pub scan_limit: usize,
     /// Commands queued for the matchmaker task; when full, handle calls fail and the
     /// server answers `busy`.
     pub command_queue: usize,
-    /// Directory lookups (joins, invites, cooldown checks) in flight at once; a join or
-    /// invite over it gets `busy`, a cooldown check waits for the next scan.
+    /// Directory lookups (joins and invites: profile, blocks, cooldown partners) in flight
+    /// at once. Joins over it wait in line for a slot (up to `command_queue` of them, then
+    /// `busy`); an invite over it gets `busy`.
     pub max_pending_lookups: usize,
-    /// Pair cooldown answers remembered per instance (LRU), so scans never query.
-    pub pair_cache_capacity: usize,
-    /// How long a "not in cooldown" answer is trusted; cooldowns started by this
-    /// cluster are known at once through the shared queue, this bounds staleness for others.
-    pub pair_cache_ttl_ms: u64,
     /// Peers a user may still block or report (the most recent calls, kept while connected).
     pub recent_peers: usize,
     /// Calls are swept this often: a party no instance knows is treated as disconnected.
@@ -85,8 +82,6 @@ impl Default for MatchmakerConfig {
             scan_limit: 1000,
             command_queue: 4096,
             max_pending_lookups: 256,
-            pair_cache_capacity: 100_000,
-            pair_cache_ttl_ms: 60_000,
             recent_peers: 8,
             sweep_interval_ms: 5_000,
             ice: IceConfig::default(),
@@ -133,8 +128,6 @@ impl MatchmakerConfig {
         range("matchmaking.scan_limit", self.scan_limit as u64, 2, 100_000)?;
         range("matchmaking.command_queue", self.command_queue as u64, 1, 1_000_000)?;
         range("matchmaking.max_pending_lookups", self.max_pending_lookups as u64, 1, 100_000)?;
-        range("matchmaking.pair_cache_capacity", self.pair_cache_capacity as u64, 1, 10_000_000)?;
-        range("matchmaking.pair_cache_ttl_ms", self.pair_cache_ttl_ms, 0, DAY)?;
         range("matchmaking.recent_peers", self.recent_peers as u64, 1, 100)?;
         range("matchmaking.sweep_interval_ms", self.sweep_interval_ms, 100, 600_000)?;
         self.ice.validate()
@@ -239,8 +232,6 @@ mod tests {
             (MatchmakerConfig { scan_limit: 1, ..base.clone() }, "matchmaking.scan_limit"),
             (MatchmakerConfig { command_queue: 0, ..base.clone() }, "matchmaking.command_queue"),
             (MatchmakerConfig { max_pending_lookups: 0, ..base.clone() }, "matchmaking.max_pending_lookups"),
-            (MatchmakerConfig { pair_cache_capacity: 0, ..base.clone() }, "matchmaking.pair_cache_capacity"),
-            (MatchmakerConfig { pair_cache_ttl_ms: u64::MAX, ..base.clone() }, "matchmaking.pair_cache_ttl_ms"),
             (MatchmakerConfig { recent_peers: 0, ..base.clone() }, "matchmaking.recent_peers"),
             (MatchmakerConfig { sweep_interval_ms: 1, ..base.clone() }, "matchmaking.sweep_interval_ms"),
         ];

@@ -137,8 +137,9 @@ pub trait Directory: Send + Sync + 'static {
     fn profile<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Option<Profile>, DirectoryError>>;
     /// Users that `user_id` blocked or was blocked by.
     fn blocks<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<String>>, DirectoryError>>;
-    /// Whether the two are in a cooldown right now.
-    fn in_cooldown<'a>(&'a self, a: &'a str, b: &'a str) -> BoxFuture<'a, Result<bool, DirectoryError>>;
+    /// Users in a cooldown with `user_id` right now, each with when it ends (Unix ms);
+    /// loaded once per join, so a scan never asks about a pair.
+    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, DirectoryError>>;
     /// Writes the start of a call between `a` (offerer) and `b`; returns its id.
     fn start_call<'a>(
         &'a self,

@@ -55,10 +55,20 @@ pub(crate) enum Op {
     InviteAccept(String),
     InviteDecline(String),
     InviteCancel(String),
-    Signal { call_id: String, kind: SignalKind, payload: serde_json::Value },
+    /// `at`: when the handle took it, for the relay-time figure.
+    Signal {
+        call_id: String,
+        kind: SignalKind,
+        payload: serde_json::Value,
+        at: tokio::time::Instant,
+    },
     Hangup(String),
     Block(String),
-    Report { user_id: String, reason: ReportReason, text: Option<String> },
+    Report {
+        user_id: String,
+        reason: ReportReason,
+        text: Option<String>,
+    },
 }
 
 /// Commands for the matchmaker task.
@@ -167,7 +177,8 @@ impl<O: Outbox> MatchmakerHandle<O> {
 
     /// `call.signal`.
     pub fn signal(&self, conn: &O, req: Option<RequestId>, msg: CallSignal) -> Result<(), MatchError> {
-        self.client(conn, req, Op::Signal { call_id: msg.call_id, kind: msg.kind, payload: msg.payload })
+        let at = tokio::time::Instant::now();
+        self.client(conn, req, Op::Signal { call_id: msg.call_id, kind: msg.kind, payload: msg.payload, at })
     }
 
     /// `call.hangup`.

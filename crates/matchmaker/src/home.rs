@@ -3,17 +3,16 @@
 //! and forwarded to the instance coordinating it.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::sync::Arc;
 
 use rendezvous_gateway::Outbox;
 use rendezvous_protocol::{ErrorCode, MatchPrefs, RequestId};
-use tokio::time::Instant;
 
 use crate::directory::Activity;
 use crate::events::MatchEvent;
 use crate::handle::Op;
 use crate::queue::{EngagementKind, UserStatus};
-use crate::task::{Done, LocalUser, Task, send_error, send_frame};
+use crate::task::{Done, LocalUser, PendingJoin, Task, send_error, send_frame};
 use crate::wire::{Note, PairCmd};
 
 const MAX_REPORT_TEXT: usize = 500;
@@ -108,6 +107,18 @@ impl<O: Outbox> Task<O> {
             // Requests only come from open connections; register one the server forgot.
             self.connect(conn.clone()).await;
         }
+        let op = match op {
+            // A call coordinated here: its party list is authoritative, so the signal skips
+            // the shared table (with a network queue, a round trip per signal).
+            Op::Signal { call_id, kind, payload, at } if self.party(&call_id, &user).is_some() => {
+                if signal_fits(&conn, &payload, self.cfg.max_signal_bytes, &req) {
+                    let cmd = PairCmd::Signal { call_id, kind, payload, since: Some(at) };
+                    self.coordinate(user, conn.id(), req, cmd).await;
+                }
+                return;
+            }
+            op => op,
+        };
         let status = match op {
             Op::Block(_) | Op::Report { .. } | Op::Invite(_) | Op::InviteAccept(_) | Op::InviteDecline(_) => None,
             Op::InviteCancel(_) => None,
@@ -138,14 +149,15 @@ impl<O: Outbox> Task<O> {
             Op::Signal { call_id, .. } | Op::Hangup(call_id) if engaged(EngagementKind::Call, &call_id).is_none() => {
                 send_error(&conn, ErrorCode::NoSuchCall, "you are not in that call", req);
             }
-            Op::Signal { call_id, kind, payload } => {
-                let size = serde_json::to_string(&payload).map(|s| s.len()).unwrap_or(usize::MAX);
-                if size > self.cfg.max_signal_bytes {
-                    let msg = format!("field `payload`: {size} bytes, the limit is {}", self.cfg.max_signal_bytes);
-                    return send_error(&conn, ErrorCode::PayloadTooLarge, msg, req);
+            Op::Signal { call_id, kind, payload, at } => {
+                if !signal_fits(&conn, &payload, self.cfg.max_signal_bytes, &req) {
+                    return;
                 }
                 let coord = engaged(EngagementKind::Call, &call_id).unwrap_or_default();
-                self.send_to_coord(&coord, &user, conn_id, req, PairCmd::Signal { call_id, kind, payload }).await;
+                // `since` stays here: a coordinator elsewhere does not share this clock.
+                let since = (coord == *self.me).then_some(at);
+                let cmd = PairCmd::Signal { call_id, kind, payload, since };
+                self.send_to_coord(&coord, &user, conn_id, req, cmd).await;
             }
             Op::Hangup(call_id) => {
                 let coord = engaged(EngagementKind::Call, &call_id).unwrap_or_default();
@@ -187,20 +199,41 @@ impl<O: Outbox> Task<O> {
             Some(UserStatus::Engaged(e)) => return engaged_error(&conn, e.kind, req),
             _ => {}
         }
-        if self.loads >= self.cfg.max_pending_lookups {
+        if self.loads < self.cfg.max_pending_lookups {
+            return self.look_up_join(PendingJoin { conn, req, prefs });
+        }
+        if self.join_line.len() >= self.cfg.command_queue {
             return send_error(&conn, ErrorCode::Busy, "matchmaking is busy; retry shortly", req);
         }
+        self.join_line.push_back(PendingJoin { conn, req, prefs });
+    }
+
+    /// Loads what a queue entry needs (profile, blocks, and cooldown partners when
+    /// cooldowns are on) off the loop; `joined` continues.
+    fn look_up_join(&mut self, join: PendingJoin<O>) {
         self.loads += 1;
         let directory = self.deps.directory.clone();
         let done = self.done_tx.clone();
+        let cooldowns = self.cfg.cooldown_ms > 0;
         self.tracker.spawn(async move {
+            let PendingJoin { conn, req, prefs } = join;
             let user = conn.user_id().to_owned();
-            let result = match directory.profile(&user).await {
-                Ok(p) => directory.blocks(&user).await.map(|b| (p, b)),
-                Err(e) => Err(e),
-            };
+            let cooling = async { if cooldowns { directory.cooldowns(&user).await } else { Ok(Arc::default()) } };
+            let result = tokio::try_join!(directory.profile(&user), directory.blocks(&user), cooling);
             let _ = done.send(Done::Joined { conn, req, prefs, result }).await;
         });
+    }
+
+    /// A lookup slot freed up: the longest-waiting join whose connection is still open takes it.
+    pub(crate) fn next_join(&mut self) {
+        while self.loads < self.cfg.max_pending_lookups {
+            let Some(join) = self.join_line.pop_front() else { return };
+            let open =
+                self.users.get(join.conn.user_id()).is_some_and(|u| u.conns.iter().any(|c| c.id() == join.conn.id()));
+            if open {
+                self.look_up_join(join);
+            }
+        }
     }
 
     pub(crate) async fn joined(
@@ -214,9 +247,9 @@ impl<O: Outbox> Task<O> {
         if !self.users.get(&user).is_some_and(|u| u.conns.iter().any(|c| c.id() == conn.id())) {
             return; // the connection closed while its profile loaded
         }
-        let (profile, blocked) = match result {
-            Ok((Some(p), b)) => (p, b),
-            Ok((None, _)) => return send_error(&conn, ErrorCode::Unavailable, "no profile for this user", req),
+        let (profile, blocked, cooldowns) = match result {
+            Ok((Some(p), b, c)) => (p, b, c),
+            Ok((None, _, _)) => return send_error(&conn, ErrorCode::Unavailable, "no profile for this user", req),
             Err(e) => {
                 self.directory_error(&e);
                 return send_error(&conn, ErrorCode::Unavailable, "matchmaking is unavailable", req);
@@ -229,6 +262,7 @@ impl<O: Outbox> Task<O> {
             profile: profile.public,
             prefs,
             blocked: blocked.to_vec(),
+            cooldowns: cooldowns.to_vec(),
             joined_at_ms: crate::clock::now_ms(),
         };
         match self.deps.queue.enqueue(entry.clone()).await {
@@ -264,8 +298,18 @@ impl<O: Outbox> Task<O> {
                 send_frame(&conn, &MatchEvent::Left { id: req, reason: None }.to_json());
             }
             Some(UserStatus::Engaged(e)) => engaged_error(&conn, e.kind, req),
+            _ if self.leave_line(conn.id()) => {
+                send_frame(&conn, &MatchEvent::Left { id: req, reason: None }.to_json());
+            }
             _ => send_error(&conn, ErrorCode::NotQueued, "not queued", req),
         }
+    }
+
+    /// Takes a join still waiting for its lookup out of line; whether there was one.
+    fn leave_line(&mut self, conn_id: u64) -> bool {
+        let before = self.join_line.len();
+        self.join_line.retain(|j| j.conn.id() != conn_id);
+        self.join_line.len() != before
     }
 
     async fn block(&mut self, conn: O, req: Option<RequestId>, peer: String) {
@@ -278,8 +322,6 @@ impl<O: Outbox> Task<O> {
         if self.deps.queue.ban_pair(&user, &peer, ban).await.is_err() {
             return send_error(&conn, ErrorCode::Unavailable, "matchmaking is unavailable", req);
         }
-        self.pair_cache
-            .put(pair_key(&user, &peer), (true, Instant::now() + Duration::from_millis(BLOCK_BAN_MS as u64)));
         let directory = self.deps.directory.clone();
         let stats = self.stats.clone();
         self.tracker.spawn(async move {
@@ -390,8 +432,19 @@ impl<O: Outbox> Task<O> {
 /// at every join, covers it afterwards.
 pub(crate) const BLOCK_BAN_MS: i64 = 86_400_000;
 
-pub(crate) fn pair_key(a: &str, b: &str) -> (String, String) {
-    if a <= b { (a.to_owned(), b.to_owned()) } else { (b.to_owned(), a.to_owned()) }
+/// Whether a `call.signal` payload is within `max` bytes serialized; answers the error if not.
+fn signal_fits<O: Outbox>(conn: &O, payload: &serde_json::Value, max: usize, req: &Option<RequestId>) -> bool {
+    let size = serde_json::to_string(payload).map(|s| s.len()).unwrap_or(usize::MAX);
+    if size > max {
+        send_error(
+            conn,
+            ErrorCode::PayloadTooLarge,
+            format!("field `payload`: {size} bytes, the limit is {max}"),
+            req.clone(),
+        );
+        return false;
+    }
+    true
 }
 
 fn engaged_error<O: Outbox>(conn: &O, kind: EngagementKind, req: Option<RequestId>) {

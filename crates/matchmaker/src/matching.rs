@@ -1,6 +1,7 @@
 //! The matcher and the proposals it makes. Any instance may pair any two queued users;
 //! the shared queue's atomic `claim` makes sure only one does.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rendezvous_gateway::Outbox;
@@ -10,52 +11,144 @@ use tokio::time::Instant;
 use crate::clock;
 use crate::directory::CallOrigin;
 use crate::events::{CancelReason, MatchEvent};
-use crate::home::pair_key;
 use crate::queue::{Engagement, EngagementKind, QueueEntry};
 use crate::stats::{add, inc};
 use crate::task::{Done, Proposal, Starting, Task, Timer, new_id};
 use crate::wire::Note;
 
-/// What the pair cache knows about two users.
-enum Verdict {
-    Clear,
-    Cooling,
-    Unknown,
+/// Claims a scan tries for one user before leaving them to the next scan (each failed
+/// claim means someone else claimed the peer first, or a ban started since the scan read
+/// the queue; with a network queue each claim is a round trip).
+const CLAIMS_PER_USER: usize = 4;
+
+/// Queue entries with the same region, topic, gender and wanted genders: whether two
+/// entries' preferences agree depends only on their kinds, so it is decided once per pair
+/// of kinds instead of once per pair of users.
+#[derive(PartialEq, Eq, Hash)]
+struct KindKey<'a> {
+    region: Option<&'a str>,
+    topic: Option<&'a str>,
+    gender: &'a str,
+    wants: Option<&'a [String]>,
+}
+
+/// One scan's view of the queue: the entries grouped by kind, oldest first, and for each
+/// kind the kinds it may meet. Finding a user's partner walks only those kinds, from a
+/// cursor that moves past users already handled, so a scan is close to linear in the
+/// entries however incompatible most of them are.
+struct Candidates {
+    kind_of: Vec<usize>,
+    /// Per kind: its entries (indices into the scan, ascending).
+    members: Vec<Vec<usize>>,
+    /// Per kind: entries of `members` before this position are taken or already handled.
+    cursor: Vec<usize>,
+    /// Per kind: the kinds whose preferences agree with it (itself included if so).
+    meets: Vec<Vec<usize>>,
+}
+
+impl Candidates {
+    fn new(entries: &[Arc<QueueEntry>]) -> Self {
+        let mut kinds: HashMap<KindKey<'_>, usize> = HashMap::new();
+        let mut first: Vec<usize> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut kind_of = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let key = KindKey {
+                region: e.prefs.region.as_deref(),
+                topic: e.prefs.topic.as_deref(),
+                gender: &e.profile.gender,
+                wants: e.prefs.genders.as_deref(),
+            };
+            let k = *kinds.entry(key).or_insert_with(|| {
+                first.push(i);
+                members.push(Vec::new());
+                members.len() - 1
+            });
+            members[k].push(i);
+            kind_of.push(k);
+        }
+        // Only kinds of one region and topic can meet: compare kinds within those groups.
+        let mut groups: HashMap<(Option<&str>, Option<&str>), Vec<usize>> = HashMap::new();
+        for (k, &i) in first.iter().enumerate() {
+            groups.entry((entries[i].prefs.region.as_deref(), entries[i].prefs.topic.as_deref())).or_default().push(k);
+        }
+        let mut meets = vec![Vec::new(); first.len()];
+        for group in groups.values() {
+            for &a in group {
+                for &b in group {
+                    if entries[first[a]].prefs_agree(&entries[first[b]]) {
+                        meets[a].push(b);
+                    }
+                }
+            }
+        }
+        Self { kind_of, cursor: vec![0; members.len()], members, meets }
+    }
+
+    /// The longest-waiting entry after `i` that `i` may be matched with: preferences agree,
+    /// not taken, neither blocked the other, no cooldown from either one's join, not tried.
+    fn partner(
+        &mut self,
+        i: usize,
+        entries: &[Arc<QueueEntry>],
+        taken: &[bool],
+        tried: &[usize],
+        now_ms: i64,
+    ) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for &k in &self.meets[self.kind_of[i]] {
+            let list = &self.members[k];
+            let cursor = &mut self.cursor[k];
+            // Entries before `i` were handled (matched, or nobody after them fits them, and
+            // fitting is symmetric); taken ones are done. Neither is looked at again.
+            while *cursor < list.len() && (list[*cursor] <= i || taken[list[*cursor]]) {
+                *cursor += 1;
+            }
+            for &j in &list[*cursor..] {
+                if best.is_some_and(|b| j >= b) {
+                    break;
+                }
+                if taken[j] || tried.contains(&j) {
+                    continue;
+                }
+                let (a, b) = (&entries[i], &entries[j]);
+                if a.user_id() == b.user_id() || a.blocks_either_way(b) || a.cooling_with(b, now_ms) {
+                    continue;
+                }
+                best = Some(j);
+                break;
+            }
+        }
+        best
+    }
 }
 
 impl<O: Outbox> Task<O> {
     /// One pass over the queue, oldest first: each user is paired with the
-    /// longest-waiting compatible user whose cooldown state is known to be clear.
-    pub(crate) async fn scan(&mut self) {
+    /// longest-waiting compatible user. Returns whether another pass should follow at once:
+    /// the pass read a full `scan_limit` and made proposals, so more may be waiting.
+    pub(crate) async fn scan(&mut self) -> bool {
         let entries = match self.deps.queue.waiting(self.cfg.scan_limit).await {
             Ok(e) => e,
-            Err(e) => return tracing::warn!(error = %e, "match queue unavailable"),
+            Err(e) => {
+                tracing::warn!(error = %e, "match queue unavailable");
+                return false;
+            }
         };
         if let Ok(n) = self.deps.queue.len().await {
             self.stats.queue_length.store(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        let now = clock::now_ms();
+        let mut candidates = Candidates::new(&entries);
         let mut taken = vec![false; entries.len()];
+        let mut proposed = 0usize;
         for i in 0..entries.len() {
             if taken[i] {
                 continue;
             }
-            for j in i + 1..entries.len() {
-                if taken[j] || !entries[i].compatible(&entries[j]) {
-                    continue;
-                }
-                match self.verdict(entries[i].user_id(), entries[j].user_id()) {
-                    Verdict::Clear => {}
-                    Verdict::Cooling => continue,
-                    Verdict::Unknown => {
-                        // Reserve the pair for this scan: one lookup per user per scan, over
-                        // disjoint pairs, so the lookup budget is not spent on the oldest
-                        // user's every candidate. A clear answer matches them next scan.
-                        self.look_up_cooldown(entries[i].user_id(), entries[j].user_id());
-                        taken[i] = true;
-                        taken[j] = true;
-                        break;
-                    }
-                }
+            let mut tried = Vec::new();
+            while tried.len() < CLAIMS_PER_USER {
+                let Some(j) = candidates.partner(i, &entries, &taken, &tried, now) else { break };
                 let id = new_id();
                 let engagement =
                     Engagement { id: id.clone(), kind: EngagementKind::Proposal, coordinator: self.me.to_string() };
@@ -64,47 +157,20 @@ impl<O: Outbox> Task<O> {
                     Ok(true) => {
                         taken[i] = true;
                         taken[j] = true;
+                        proposed += 1;
                         self.propose(id, [entries[i].clone(), entries[j].clone()]).await;
                         break;
                     }
                     // Someone else claimed one of them, or a fresh ban: try the next one.
-                    Ok(false) => {}
-                    Err(e) => return tracing::warn!(error = %e, "match queue unavailable"),
+                    Ok(false) => tried.push(j),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "match queue unavailable");
+                        return false;
+                    }
                 }
             }
         }
-    }
-
-    fn verdict(&mut self, a: &str, b: &str) -> Verdict {
-        if self.cfg.cooldown_ms == 0 {
-            return Verdict::Clear;
-        }
-        let key = pair_key(a, b);
-        match self.pair_cache.get(&key) {
-            Some((cooling, until)) if *until > Instant::now() => {
-                if *cooling {
-                    Verdict::Cooling
-                } else {
-                    Verdict::Clear
-                }
-            }
-            _ => Verdict::Unknown,
-        }
-    }
-
-    /// Asks the directory off the loop; the answer lands in the cache for a later scan.
-    fn look_up_cooldown(&mut self, a: &str, b: &str) {
-        let key = pair_key(a, b);
-        if self.lookups.len() >= self.cfg.max_pending_lookups || self.lookups.contains(&key) {
-            return;
-        }
-        self.lookups.insert(key.clone());
-        let directory = self.deps.directory.clone();
-        let done = self.done_tx.clone();
-        self.tracker.spawn(async move {
-            let result = directory.in_cooldown(&key.0, &key.1).await;
-            let _ = done.send(Done::Cooldown { key, result }).await;
-        });
+        proposed > 0 && entries.len() >= self.cfg.scan_limit
     }
 
     async fn propose(&mut self, id: String, entries: [Arc<QueueEntry>; 2]) {

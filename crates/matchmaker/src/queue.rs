@@ -21,6 +21,10 @@ pub struct QueueEntry {
     pub prefs: MatchPrefs,
     /// Users this one blocked or was blocked by, as loaded at join.
     pub blocked: Vec<String>,
+    /// Users this one is in a cooldown with, and when each cooldown ends (Unix ms), as
+    /// loaded at join; cooldowns that start later are the shared queue's pair bans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cooldowns: Vec<(String, i64)>,
     /// When the user joined (Unix ms), for wait-time figures; requeueing keeps it.
     pub joined_at_ms: i64,
 }
@@ -34,15 +38,30 @@ impl QueueEntry {
     /// Whether `self` and `other` may be matched: each one's preferences hold for the
     /// other, and neither blocked the other.
     pub fn compatible(&self, other: &QueueEntry) -> bool {
+        self.user_id() != other.user_id() && self.prefs_agree(other) && !self.blocks_either_way(other)
+    }
+
+    /// Whether each one's preferences hold for the other (gender, region, topic): the part
+    /// of [`QueueEntry::compatible`] that depends on profile and preferences only.
+    pub fn prefs_agree(&self, other: &QueueEntry) -> bool {
         let wants =
             |a: &QueueEntry, b: &QueueEntry| a.prefs.genders.as_ref().is_none_or(|g| g.contains(&b.profile.gender));
-        self.user_id() != other.user_id()
-            && wants(self, other)
+        wants(self, other)
             && wants(other, self)
             && self.prefs.region == other.prefs.region
             && self.prefs.topic == other.prefs.topic
-            && !self.blocked.iter().any(|b| b == other.user_id())
-            && !other.blocked.iter().any(|b| b == self.user_id())
+    }
+
+    /// Whether either blocked the other.
+    pub fn blocks_either_way(&self, other: &QueueEntry) -> bool {
+        self.blocked.iter().any(|b| b == other.user_id()) || other.blocked.iter().any(|b| b == self.user_id())
+    }
+
+    /// Whether a cooldown loaded at either one's join still keeps the two apart at `now_ms`.
+    pub fn cooling_with(&self, other: &QueueEntry, now_ms: i64) -> bool {
+        let cooling =
+            |a: &QueueEntry, b: &QueueEntry| a.cooldowns.iter().any(|(u, until)| u == b.user_id() && *until > now_ms);
+        cooling(self, other) || cooling(other, self)
     }
 }
 

@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use crate::cluster::{ClusterEvent, DeadInstance};
 use crate::directory::{CallEnd, CallOrigin, EndReason};
 use crate::events::{CancelReason, InviteEnd, MatchEvent};
-use crate::home::pair_key;
 use crate::queue::{CallRecord, Engagement, EngagementKind, JoinOutcome, PairBan};
 use crate::stats::inc;
 use crate::task::{Task, send_frame};
@@ -98,8 +97,6 @@ impl<O: Outbox> Task<O> {
             if let Err(e) = self.deps.queue.ban_pair(&call.user_a, &call.user_b, ban).await {
                 tracing::warn!(error = %e, "cooldown not shared");
             }
-            let trust = Instant::now() + std::time::Duration::from_millis(self.cfg.cooldown_ms);
-            self.pair_cache.put(pair_key(&call.user_a, &call.user_b), (true, trust));
         }
         inc(&self.stats.calls_ended);
         let end = CallEnd {

@@ -2,13 +2,11 @@
 //! "home" side) and the proposals, invites and calls it coordinates. It reads commands
 //! from handles, results of directory calls it spawned, its bus inbox and its timers.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::num::NonZeroUsize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lru::LruCache;
 use rendezvous_bus::{Bus, BusError, Received, Subscription};
 use rendezvous_gateway::{Outbox, SharedMessage};
 use rendezvous_protocol::{ErrorCode, MatchPrefs, RequestId};
@@ -95,7 +93,6 @@ impl Matchmaker {
         // calls being started; senders wait for room rather than drop a result.
         let (done_tx, done_rx) = mpsc::channel(cfg.max_pending_lookups.max(1));
         let stats = Arc::new(Stats::default());
-        let cap = NonZeroUsize::new(cfg.pair_cache_capacity).unwrap_or(NonZeroUsize::MIN);
         let cluster = deps.registry.as_ref().map(InstanceRegistry::subscribe);
         let queue = deps.queue.clone();
         let task = Task {
@@ -114,11 +111,10 @@ impl Matchmaker {
             invites: HashMap::new(),
             timers: BTreeMap::new(),
             seq: 0,
-            pair_cache: LruCache::new(cap),
-            lookups: HashSet::new(),
             loads: 0,
             quiet_until: None,
             resync_pending: false,
+            join_line: VecDeque::new(),
         };
         tracker.spawn(task.run(rx, done_rx, inbox, cluster, shutdown));
         Ok(MatchmakerHandle { tx, stats, cfg, instance: me, queue })
@@ -129,12 +125,19 @@ impl Matchmaker {
 pub(crate) enum Done<O> {
     Joined { conn: O, req: Option<RequestId>, prefs: MatchPrefs, result: Result<JoinLookup, DirectoryError> },
     InviteChecked { conn: O, req: Option<RequestId>, target: String, result: Result<InviteLookup, DirectoryError> },
-    Cooldown { key: (String, String), result: Result<bool, DirectoryError> },
     CallStarted { id: String, result: Result<StartedCall, DirectoryError> },
 }
 
-pub(crate) type JoinLookup = (Option<Profile>, Arc<Vec<String>>);
+/// Profile, block list and cooldown partners (with their ends, Unix ms).
+pub(crate) type JoinLookup = (Option<Profile>, Arc<Vec<String>>, Arc<Vec<(String, i64)>>);
 pub(crate) type InviteLookup = (Option<Profile>, Option<Profile>, Arc<Vec<String>>);
+
+/// A `match.join` waiting for a lookup slot.
+pub(crate) struct PendingJoin<O> {
+    pub(crate) conn: O,
+    pub(crate) req: Option<RequestId>,
+    pub(crate) prefs: MatchPrefs,
+}
 
 pub(crate) enum Timer {
     Proposal(String),
@@ -203,9 +206,6 @@ pub(crate) struct Task<O> {
     pub(crate) invites: HashMap<String, Invite>,
     pub(crate) timers: BTreeMap<(Instant, u64), Timer>,
     pub(crate) seq: u64,
-    /// Directory cooldown answers per pair (sorted), with when they stop being trusted.
-    pub(crate) pair_cache: LruCache<(String, String), (bool, Instant)>,
-    pub(crate) lookups: HashSet<(String, String)>,
     /// Join and invite lookups in flight.
     pub(crate) loads: usize,
     /// After the shared state was lost, no scan or sweep until every instance had time to
@@ -214,6 +214,9 @@ pub(crate) struct Task<O> {
     pub(crate) quiet_until: Option<Instant>,
     /// A resynchronization failed part-way (Redis still unreachable); retried at each sweep.
     pub(crate) resync_pending: bool,
+    /// Joins waiting for a lookup slot, oldest first (at most `command_queue`; beyond that
+    /// a join is answered `busy`). A burst of joins waits here instead of retrying.
+    pub(crate) join_line: VecDeque<PendingJoin<O>>,
 }
 
 pub(crate) fn send_frame<O: Outbox>(conn: &O, frame: &str) {
@@ -272,7 +275,13 @@ impl<O: Outbox> Task<O> {
                 },
                 ev = next_cluster_event(&mut cluster) => self.on_cluster_event(ev).await,
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.fire_timers().await,
-                _ = scan.tick() => if !self.quiet() { self.scan().await },
+                _ = scan.tick() => {
+                    if !self.quiet() && self.scan().await {
+                        // A full window made proposals: more may be waiting, scan again
+                        // after the other events that are ready.
+                        scan.reset_immediately();
+                    }
+                }
                 _ = sweep.tick() => {
                     if self.resync_pending {
                         self.resync().await;
@@ -324,20 +333,12 @@ impl<O: Outbox> Task<O> {
             Done::Joined { conn, req, prefs, result } => {
                 self.loads = self.loads.saturating_sub(1);
                 self.joined(conn, req, prefs, result).await;
+                self.next_join();
             }
             Done::InviteChecked { conn, req, target, result } => {
                 self.loads = self.loads.saturating_sub(1);
                 self.invite_checked(conn, req, target, result).await;
-            }
-            Done::Cooldown { key, result } => {
-                self.lookups.remove(&key);
-                match result {
-                    Ok(cooling) => {
-                        let until = Instant::now() + Duration::from_millis(self.cfg.pair_cache_ttl_ms);
-                        self.pair_cache.put(key, (cooling, until));
-                    }
-                    Err(e) => self.directory_error(&e),
-                }
+                self.next_join();
             }
             Done::CallStarted { id, result } => self.call_started(id, result).await,
         }

@@ -71,6 +71,9 @@ pub(crate) enum PairCmd {
         call_id: String,
         kind: SignalKind,
         payload: serde_json::Value,
+        /// When this instance's handle took the signal; not sent between instances.
+        #[serde(skip)]
+        since: Option<tokio::time::Instant>,
     },
     Hangup {
         call_id: String,

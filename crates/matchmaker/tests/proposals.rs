@@ -58,8 +58,8 @@ async fn two_users_are_proposed_and_confirmed() {
     assert_eq!((calls[0].a.as_str(), calls[0].b.as_str()), ("a", "b"));
     let s = cl.handles[0].stats();
     assert_eq!((s.proposals.made, s.proposals.accepted, s.active_calls), (1, 1, 1));
-    // a joined 5 ms before b; the matcher needs one scan to learn the pair's cooldown
-    // state from the directory and one more to claim them: at most two intervals.
+    // a joined 5 ms before b; cooldowns came with the joins, so the next scan claims them
+    // (the bound allows two intervals).
     let p99 = s.wait_ms_p99.unwrap();
     assert!((5..=5 + 2 * 100).contains(&p99), "{p99}");
 }
@@ -276,7 +276,7 @@ async fn blocks_and_cooldowns_keep_pairs_apart() {
     c.expect("match.queued").await;
     tokio::time::sleep(Duration::from_secs(119)).await;
     a.expect_nothing().await;
-    // The cooldown ends at 120 s; the cached answer is re-checked within pair_cache_ttl_ms.
+    // The cooldown loaded at a's join ends at 120 s; the next scan pairs them.
     let p = a.expect("match.proposed").await;
     assert_eq!(p["peer"]["user_id"], "c");
     assert!(rendezvous_matchmaker::now_ms() >= cl.dir.cooldown_until("a", "c").unwrap());
@@ -327,4 +327,29 @@ async fn a_reconnect_during_a_proposal_gets_it_again_on_any_instance() {
     accept(&b2, &again);
     a.expect("match.confirmed").await;
     b2.expect("match.confirmed").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn joins_over_the_lookup_budget_wait_in_line_and_can_leave_it() {
+    let cfg = rendezvous_matchmaker::MatchmakerConfig { max_pending_lookups: 1, ..test_config() };
+    let mut cl = Cluster::new(1, cfg).await;
+    let mut users: Vec<Client> = ["a", "b", "c"].iter().map(|u| cl.user(0, u, "female")).collect();
+    // Different regions: nobody is matched, so the queue shows exactly who joined.
+    let alone = |r: &str| MatchPrefs { region: Some(r.into()), ..Default::default() };
+    for (u, r) in users.iter().zip(["r1", "r2", "r3"]) {
+        join_with(u, alone(r));
+    }
+    // All three joins are queued before the task runs: one lookup starts, two wait in
+    // line; c leaves while its join is still waiting.
+    users[2].h.leave(&users[2].conn, Some(RequestId::Number(2))).unwrap();
+    users[0].expect("match.queued").await;
+    users[1].expect("match.queued").await;
+    let left = users[2].expect("match.left").await;
+    assert_eq!(left["id"], 2);
+    settle().await;
+    users[2].expect_nothing().await;
+    let mut queued: Vec<String> = cl.queue.snapshot().into_iter().map(|(u, _)| u).collect();
+    queued.sort();
+    assert_eq!(queued, ["a", "b"], "c's join was taken out of line, not queued later");
+    assert_eq!(cl.handles[0].stats().rejected_busy, 0);
 }

@@ -248,7 +248,6 @@ async fn randomized_cluster_keeps_its_invariants() {
         cooldown_ms,
         reconnect_grace_ms: 3_000,
         match_interval_ms: 100,
-        pair_cache_ttl_ms: 2_000,
         max_signal_bytes: 1024,
         invites_per_minute: 30,
         scan_limit: 400,

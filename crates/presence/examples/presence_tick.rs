@@ -20,7 +20,11 @@ struct Dir;
 impl Directory for Dir {
     type Error = String;
     async fn profile(&self, user_id: &str) -> Result<Option<Profile>, String> {
-        Ok(Some(Profile { display_name: format!("User {user_id}"), gender: "unspecified".into(), selfie_url: None }))
+        Ok(Some(Profile {
+            display_name: format!("User {user_id}").into(),
+            gender: "unspecified".into(),
+            selfie_url: None,
+        }))
     }
     async fn blocks(&self, _user_id: &str) -> Result<std::sync::Arc<Vec<String>>, String> {
         Ok(Default::default())

@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// What the store knows about a user for display.
+/// What the store knows about a user for display. Shared strings: every entry shown for
+/// the user (one per topic) points at these instead of copying them.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Profile {
     /// Name shown to other users.
-    pub display_name: String,
+    pub display_name: Arc<str>,
     /// One of the store's genders.
-    pub gender: String,
+    pub gender: Arc<str>,
     /// Profile photo URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selfie_url: Option<String>,
+    pub selfie_url: Option<Arc<str>>,
 }
 
 /// Profiles and block lists, read through the store's caches.

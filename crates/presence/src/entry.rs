@@ -119,12 +119,12 @@ pub struct ShownEntry {
     /// User id.
     pub id: Arc<str>,
     /// Name to show.
-    pub display_name: String,
+    pub display_name: Arc<str>,
     /// Gender as stored.
-    pub gender: String,
+    pub gender: Arc<str>,
     /// Profile photo URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selfie_url: Option<String>,
+    pub selfie_url: Option<Arc<str>>,
     /// Current state.
     pub state: PresenceState,
     /// Short status text the user set.

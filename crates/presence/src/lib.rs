@@ -25,6 +25,7 @@ mod link;
 mod local;
 mod peers;
 mod service;
+mod small;
 mod state;
 mod stats;
 mod topic;

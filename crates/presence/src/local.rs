@@ -1,7 +1,6 @@
 //! This instance's connections and users: subscriptions, chosen state, the offline grace,
 //! and the profile/block lookups that gate a first subscription.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rendezvous_protocol::{RequestId, SettableState};
@@ -9,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::directory::{Lookup, Profile};
 use crate::entry::{Activity, Entry, UserId};
+use crate::small::{SmallMap, SmallSet};
 use crate::state::{LOCAL, LookupRequest, State};
 use crate::topic::Blocks;
 use crate::wire::{self, codes};
@@ -18,7 +18,7 @@ use rendezvous_gateway::Outbox;
 pub(crate) struct Conn<O> {
     pub(crate) outbox: O,
     pub(crate) user: UserId,
-    pub(crate) topics: HashSet<Arc<str>>,
+    pub(crate) topics: SmallSet<Arc<str>>,
     /// Subscriptions waiting for the user's first profile/block lookup (they count toward the limit).
     pub(crate) pending: Vec<(Arc<str>, Option<RequestId>)>,
 }
@@ -58,7 +58,7 @@ pub(crate) struct LocalUser {
     active_at: i64,
     updated_at: i64,
     pub(crate) entry: Option<Arc<Entry>>,
-    pub(crate) topics: HashMap<Arc<str>, Membership>,
+    pub(crate) topics: SmallMap<Arc<str>, Membership>,
 }
 
 impl<O: Outbox> State<O> {
@@ -73,8 +73,10 @@ impl<O: Outbox> State<O> {
             return;
         }
         let user: UserId = Arc::from(conn.user_id());
-        self.conns
-            .insert(id, Conn { outbox: conn.clone(), user: user.clone(), topics: HashSet::new(), pending: Vec::new() });
+        self.conns.insert(
+            id,
+            Conn { outbox: conn.clone(), user: user.clone(), topics: SmallSet::default(), pending: Vec::new() },
+        );
         if !self.users.contains_key(&user) {
             // A user who moved here from another instance keeps what they had chosen there.
             let now_ms = self.clock.unix_ms(now);
@@ -83,7 +85,7 @@ impl<O: Outbox> State<O> {
                 conns: Vec::new(),
                 lookup: LookupState::Idle,
                 profile: None,
-                blocks: Arc::default(),
+                blocks: crate::topic::no_blocks(),
                 chosen: seed.as_ref().and_then(|e| e.chosen),
                 status: seed.as_ref().and_then(|e| e.status.clone()),
                 activity: Activity::Idle,
@@ -91,7 +93,7 @@ impl<O: Outbox> State<O> {
                 active_at: seed.as_ref().map_or(now_ms, |e| e.active_at),
                 updated_at: seed.as_ref().map_or(now_ms, |e| e.updated_at),
                 entry: None,
-                topics: HashMap::new(),
+                topics: SmallMap::default(),
             };
             self.users.insert(user.clone(), u);
         }
@@ -154,12 +156,13 @@ impl<O: Outbox> State<O> {
         }
         // Subscribing before joining: the first subscriber's snapshot is the state before it,
         // and its own entry arrives in the next diff like everyone else's.
-        let snapshot = t.subscribe(c.outbox.clone(), u.blocks.clone(), self.limits);
+        let now_ms = self.clock.unix_ms(Instant::now());
+        let snapshot = t.subscribe(c.outbox.clone(), u.blocks.clone(), self.limits, now_ms);
         let _ = c.outbox.send(&snapshot);
         if !c.topics.insert(topic.clone()) {
             return; // a re-subscription only wanted the fresh snapshot
         }
-        let m = u.topics.entry(topic.clone()).or_insert(Membership { conns: 0, linger_until: None });
+        let m = u.topics.get_or_insert(topic.clone(), Membership { conns: 0, linger_until: None });
         m.conns += 1;
         let joined = m.conns == 1 && m.linger_until.is_none();
         m.linger_until = None;
@@ -364,10 +367,14 @@ impl<O: Outbox> State<O> {
                 return;
             }
         };
-        let blocks: Blocks = Arc::new(lookup.blocks.iter().map(|b| Arc::<str>::from(b.as_str())).collect());
+        let blocks: Blocks = if lookup.blocks.is_empty() {
+            crate::topic::no_blocks()
+        } else {
+            Arc::new(lookup.blocks.iter().map(|b| Arc::<str>::from(b.as_str())).collect())
+        };
         let reblock = u.profile.is_some() && *blocks != *u.blocks;
         u.profile = Some(Arc::new(lookup.profile.unwrap_or_else(|| Profile {
-            display_name: user.to_string(),
+            display_name: user.clone(),
             gender: "unspecified".into(),
             selfie_url: None,
         })));

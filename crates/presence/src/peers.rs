@@ -328,7 +328,9 @@ impl<O: Outbox> State<O> {
         let mut entries = HashMap::new();
         let mut joins: HashMap<Arc<str>, Vec<UserId>> = HashMap::new();
         let mut leaves: HashMap<Arc<str>, Vec<UserId>> = HashMap::new();
-        for ((topic, user), joined) in self.outgoing.memberships.drain() {
+        // Taken, not drained: a burst (10,000 subscribing at once) must not leave its
+        // capacity allocated for good (BENCHMARKS.md, presence memory).
+        for ((topic, user), joined) in std::mem::take(&mut self.outgoing.memberships) {
             if joined && self.users.get(&user).is_some_and(|u| u.topics.contains_key(&topic)) {
                 self.outgoing.users.insert(user.clone());
                 joins.entry(topic).or_default().push(user);
@@ -336,7 +338,7 @@ impl<O: Outbox> State<O> {
                 leaves.entry(topic).or_default().push(user);
             }
         }
-        for user in self.outgoing.users.drain() {
+        for user in std::mem::take(&mut self.outgoing.users) {
             if let Some(entry) = self.users.get(&user).and_then(|u| u.entry.clone()) {
                 entries.insert(user, entry);
             }

@@ -137,13 +137,14 @@ impl<O: Outbox> State<O> {
     /// on the bus (at most a sync request and one delta or full state).
     pub(crate) fn tick(&mut self, now: Instant) -> Vec<PeerMessage> {
         let started = std::time::Instant::now();
+        let now_ms = self.clock.unix_ms(now);
         self.expire_lingering(now);
         self.expire_peers(now);
         let bus = self.publications();
         let mut report = TickReport::default();
         for name in std::mem::take(&mut self.dirty_topics) {
             if let Some(t) = self.topics.get_mut(&name) {
-                t.tick(self.limits, &mut report);
+                t.tick(self.limits, now_ms, &mut report);
             }
             self.collect_topic(&name);
         }
@@ -162,8 +163,8 @@ impl<O: Outbox> State<O> {
             self.outgoing.seq += 1;
         }
         if std::mem::take(&mut self.outgoing.full_requested) {
-            self.outgoing.users.clear();
-            self.outgoing.memberships.clear();
+            self.outgoing.users = Default::default();
+            self.outgoing.memberships = Default::default();
             out.push(self.full_state());
         } else if !self.outgoing.is_empty() {
             out.push(self.delta());

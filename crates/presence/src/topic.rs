@@ -16,6 +16,13 @@ pub(crate) type ReplicaId = u32;
 /// Users blocked either way by a subscriber's user; empty for most.
 pub(crate) type Blocks = Arc<HashSet<UserId>>;
 
+/// The empty block list, shared: most users block nobody, and each would otherwise
+/// allocate an empty set of their own.
+pub(crate) fn no_blocks() -> Blocks {
+    static EMPTY: std::sync::LazyLock<Blocks> = std::sync::LazyLock::new(Blocks::default);
+    EMPTY.clone()
+}
+
 struct Source {
     replica: ReplicaId,
     origin: Arc<str>,
@@ -77,6 +84,8 @@ pub(crate) struct Topic<O> {
     view: HashMap<UserId, Arc<ShownEntry>>,
     count: usize,
     seq: u64,
+    /// Unix ms of the tick that published `seq` (or of the rebuild).
+    tick_at: i64,
     /// Subscribers without a block involving anyone: they all get the same bytes.
     plain: HashMap<u64, O>,
     /// Subscribers with a non-empty block list: checked per tick, filtered copy when it matters.
@@ -99,6 +108,7 @@ impl<O: Outbox> Topic<O> {
             view: HashMap::new(),
             count: 0,
             seq: 0,
+            tick_at: 0,
             plain: HashMap::new(),
             guarded: HashMap::new(),
             snapshot: None,
@@ -178,20 +188,21 @@ impl<O: Outbox> Topic<O> {
 
     /// The published view is only kept up to date while someone listens; the first
     /// subscriber rebuilds it from the members (under a new `seq`).
-    fn rebuild(&mut self, window: usize) {
+    fn rebuild(&mut self, window: usize, now_ms: i64) {
         let view = self.window(window).into_iter().map(|e| (e.id.clone(), e.clone())).collect();
         self.view = view;
         self.count = self.members.len();
-        self.dirty.clear();
+        self.dirty = HashMap::new();
         self.changes = 0;
         self.seq += 1;
+        self.tick_at = now_ms;
         self.snapshot = None;
     }
 
     /// Adds a subscriber and returns the snapshot it must get first.
-    pub(crate) fn subscribe(&mut self, conn: O, blocks: Blocks, limits: Limits) -> SharedMessage {
+    pub(crate) fn subscribe(&mut self, conn: O, blocks: Blocks, limits: Limits, now_ms: i64) -> SharedMessage {
         if self.subscribers() == 0 {
-            self.rebuild(limits.window);
+            self.rebuild(limits.window, now_ms);
         }
         let msg = self.snapshot_for(&blocks);
         let id = conn.id();
@@ -250,6 +261,7 @@ impl<O: Outbox> Topic<O> {
             seq: self.seq,
             count: self.count - hidden.len(),
             entries: entries.into_iter().cloned().collect(),
+            tick_at: self.tick_at,
         };
         let msg = encode(&PresenceMessage::Snapshot(snap));
         if hidden.is_empty() {
@@ -260,14 +272,14 @@ impl<O: Outbox> Topic<O> {
 
     /// Publishes this tick's changes to every subscriber: one serialization for all, plus one
     /// per distinct set of blocked users that actually appear in this change.
-    pub(crate) fn tick(&mut self, limits: Limits, report: &mut TickReport) {
+    pub(crate) fn tick(&mut self, limits: Limits, now_ms: i64, report: &mut TickReport) {
         if self.dirty.is_empty() {
             return;
         }
         let changes = std::mem::take(&mut self.changes);
         if self.subscribers() == 0 {
             // Nobody to tell; the view is rebuilt when someone subscribes.
-            self.dirty.clear();
+            self.dirty = HashMap::new();
             return;
         }
         let window: Vec<Arc<ShownEntry>> = self.window(limits.window).into_iter().cloned().collect();
@@ -287,16 +299,31 @@ impl<O: Outbox> Topic<O> {
         let entries = (joins.len() + updates.len() + leaves.len()) as u64;
         report.coalesced += changes.saturating_sub(entries);
         if entries == 0 && count == self.count && !self.hidden_count_changed() {
-            self.dirty.clear();
+            self.dirty = HashMap::new();
             return;
         }
         report.entries += entries;
         self.seq += 1;
+        self.tick_at = now_ms;
         let msg = if entries as usize > limits.max_entries {
             // Too many changes for one message: send the window itself (at most `window` entries).
-            PresenceMessage::Snapshot(Snapshot { topic: self.name.clone(), seq: self.seq, count, entries: window })
+            PresenceMessage::Snapshot(Snapshot {
+                topic: self.name.clone(),
+                seq: self.seq,
+                count,
+                entries: window,
+                tick_at: now_ms,
+            })
         } else {
-            PresenceMessage::Diff(Diff { topic: self.name.clone(), seq: self.seq, count, joins, updates, leaves })
+            PresenceMessage::Diff(Diff {
+                topic: self.name.clone(),
+                seq: self.seq,
+                count,
+                joins,
+                updates,
+                leaves,
+                tick_at: now_ms,
+            })
         };
         let shared = encode(&msg);
         report.batches += 1;
@@ -325,7 +352,7 @@ impl<O: Outbox> Topic<O> {
         }
         self.view = new_view;
         self.count = count;
-        self.dirty.clear();
+        self.dirty = HashMap::new();
         self.snapshot = None;
     }
 }
@@ -340,6 +367,7 @@ fn filtered(msg: &PresenceMessage, hidden: &[UserId], members: &HashMap<UserId, 
             seq: s.seq,
             count: s.count - present,
             entries: s.entries.iter().filter(keep).cloned().collect(),
+            tick_at: s.tick_at,
         }),
         PresenceMessage::Diff(d) => PresenceMessage::Diff(Diff {
             topic: d.topic.clone(),
@@ -348,6 +376,7 @@ fn filtered(msg: &PresenceMessage, hidden: &[UserId], members: &HashMap<UserId, 
             joins: d.joins.iter().filter(keep).cloned().collect(),
             updates: d.updates.iter().filter(keep).cloned().collect(),
             leaves: d.leaves.iter().filter(|id| hidden.binary_search(id).is_err()).cloned().collect(),
+            tick_at: d.tick_at,
         }),
         PresenceMessage::Ack { .. } => msg.clone(),
     }

@@ -56,6 +56,10 @@ pub struct Snapshot {
     pub count: usize,
     /// The window, in window order.
     pub entries: Vec<Arc<ShownEntry>>,
+    /// Unix ms (server clock) of the tick that published this state, so a client can see
+    /// how long after the tick it arrived.
+    #[serde(default)]
+    pub tick_at: i64,
 }
 
 /// `presence.diff`: what changed in the window during one tick.
@@ -73,6 +77,9 @@ pub struct Diff {
     pub updates: Vec<Arc<ShownEntry>>,
     /// Ids that left the window (went offline, left the topic, or were pushed out of the window).
     pub leaves: Vec<Arc<str>>,
+    /// Unix ms (server clock) of the tick that produced this diff.
+    #[serde(default)]
+    pub tick_at: i64,
 }
 
 impl Diff {
@@ -139,10 +146,12 @@ mod tests {
             joins: vec![],
             updates: vec![],
             leaves: vec!["u".into()],
+            tick_at: 5,
         });
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["type"], "presence.diff");
         assert_eq!(v["leaves"], serde_json::json!(["u"]));
+        assert_eq!(v["tick_at"], 5);
         assert_eq!(serde_json::from_value::<PresenceMessage>(v).unwrap(), d);
         let a = serde_json::to_value(PresenceMessage::Ack { id: RequestId::Text("r".into()) }).unwrap();
         assert_eq!(a, serde_json::json!({"type":"presence.ack","id":"r"}));

@@ -66,9 +66,9 @@ impl Directory for StoreDirectory {
 
     async fn profile(&self, user_id: &str) -> Result<Option<Profile>, StoreError> {
         Ok(self.store.user(user_id).await?.map(|u| Profile {
-            display_name: u.display_name,
-            gender: u.gender,
-            selfie_url: u.selfie_url,
+            display_name: u.display_name.into(),
+            gender: u.gender.into(),
+            selfie_url: u.selfie_url.map(Into::into),
         }))
     }
 
@@ -82,7 +82,7 @@ fn unavailable(e: StoreError) -> mm::DirectoryError {
 }
 
 /// Users, blocks, cooldowns, call history and reports for matchmaking, through the
-/// store's caches (cooldown answers and block lists come from the query cache).
+/// store's caches (block lists and cooldown partners come from the query cache).
 impl mm::Directory for StoreDirectory {
     fn profile<'a>(&'a self, user_id: &'a str) -> mm::BoxFuture<'a, Result<Option<mm::Profile>, mm::DirectoryError>> {
         Box::pin(async move {
@@ -104,8 +104,11 @@ impl mm::Directory for StoreDirectory {
         Box::pin(async move { self.store.blocks_of(user_id).await.map_err(unavailable) })
     }
 
-    fn in_cooldown<'a>(&'a self, a: &'a str, b: &'a str) -> mm::BoxFuture<'a, Result<bool, mm::DirectoryError>> {
-        Box::pin(async move { self.store.in_cooldown(a, b).await.map_err(unavailable) })
+    fn cooldowns<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> mm::BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, mm::DirectoryError>> {
+        Box::pin(async move { self.store.cooldowns_of(user_id).await.map_err(unavailable) })
     }
 
     fn start_call<'a>(

@@ -30,6 +30,7 @@ enum Cached {
     Calls(Arc<Vec<Call>>),
     Blocks(Arc<Vec<String>>),
     Cooldown(Option<i64>),
+    Cooldowns(Arc<Vec<(String, i64)>>),
 }
 
 type TokenHash = [u8; 32];
@@ -444,7 +445,30 @@ impl Store {
     pub async fn put_cooldown(&self, a: &str, b: &str, until: i64) -> Result<(), StoreError> {
         self.db.put_cooldown(a, b, until).await?;
         self.invalidate(Invalidation::Key { key: pair_key(a, b) }).await;
+        for user in [a, b] {
+            self.invalidate(Invalidation::Key { key: cooldowns_key(user) }).await;
+        }
         Ok(())
+    }
+
+    /// Everyone `user_id` is in a cooldown with right now, with when each ends (Unix ms):
+    /// matchmaking loads this once per join instead of asking per pair.
+    pub async fn cooldowns_of(&self, user_id: &str) -> Result<Arc<Vec<(String, i64)>>, StoreError> {
+        let loaded = self
+            .queries
+            .get_or_load(&cooldowns_key(user_id), || async {
+                Ok(Cached::Cooldowns(Arc::new(self.db.cooldowns_of(user_id, now_ms()).await?)))
+            })
+            .await?;
+        match loaded {
+            // A cached list may hold cooldowns that ended since it was loaded.
+            Cached::Cooldowns(c) if c.iter().any(|(_, until)| *until <= now_ms()) => {
+                let now = now_ms();
+                Ok(Arc::new(c.iter().filter(|(_, until)| *until > now).cloned().collect()))
+            }
+            Cached::Cooldowns(c) => Ok(c),
+            _ => Ok(Arc::default()),
+        }
     }
 
     /// Whether two users are in a cooldown right now.
@@ -536,6 +560,10 @@ impl Store {
     pub async fn cleanup(&self) -> Result<(u64, u64), StoreError> {
         self.db.cleanup(now_ms()).await
     }
+}
+
+fn cooldowns_key(user_id: &str) -> String {
+    format!("user:{user_id}:cooldowns")
 }
 
 fn pair_key(a: &str, b: &str) -> String {

@@ -174,6 +174,30 @@ both_backends!(cooldowns_blocks_and_reports, |backend| {
     assert_eq!(store.cleanup().await.unwrap().1, 1);
 });
 
+both_backends!(cooldown_partners_load_once_and_follow_writes, |backend| {
+    let store = open(backend).await;
+    let a = store.create_user(ada()).await.unwrap();
+    let b = store.create_user(ada()).await.unwrap();
+    let c = store.create_user(ada()).await.unwrap();
+    assert!(store.cooldowns_of(&a.id).await.unwrap().is_empty());
+    let until = rendezvous_store::now_ms() + 60_000;
+    // Stored with user_a < user_b: one pair where `a` sorts first, one where it may not.
+    store.put_cooldown(&b.id, &a.id, until).await.unwrap();
+    store.put_cooldown(&c.id, &a.id, until + 1).await.unwrap();
+    let mut partners = store.cooldowns_of(&a.id).await.unwrap().to_vec();
+    partners.sort();
+    let mut want = vec![(b.id.clone(), until), (c.id.clone(), until + 1)];
+    want.sort();
+    assert_eq!(partners, want, "the write dropped the cached empty list");
+    assert_eq!(*store.cooldowns_of(&b.id).await.unwrap(), vec![(a.id.clone(), until)]);
+    // A cooldown that has ended is not listed, cached or not.
+    store.put_cooldown(&a.id, &b.id, 1).await.unwrap();
+    assert_eq!(*store.cooldowns_of(&a.id).await.unwrap(), vec![(c.id.clone(), until + 1)]);
+    let misses = store.stats().queries.misses;
+    store.cooldowns_of(&a.id).await.unwrap();
+    assert_eq!(store.stats().queries.misses, misses, "served from the query cache");
+});
+
 both_backends!(another_instance_drops_its_copy_after_a_write, |backend| {
     let (a, b, tracker, stop) = two_instances(backend).await;
     let u = a.create_user(ada()).await.unwrap();

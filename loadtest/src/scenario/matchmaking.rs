@@ -195,6 +195,13 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
         rounds.push(round);
     }
     let (after, client_after) = (Reading::take(Some(&health), args.conns.server_pid).await, own_cpu_ticks());
+    let server_relay_us = match crate::http::fetch_json(&health).await {
+        Ok(v) => {
+            let get = |p: &str| v.pointer(p).and_then(serde_json::Value::as_u64);
+            get("/matchmaking/relay_us_p50").zip(get("/matchmaking/relay_us_p99"))
+        }
+        Err(_) => None,
+    };
     let _ = stage_tx.send(Stage::Close);
     progress.phase("closing", connected);
     let mut seen = Vec::new();
@@ -251,6 +258,7 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
         signals_relayed,
         signals_per_sec: if signal_secs > 0.0 { signals_relayed as f64 / signal_secs } else { 0.0 },
         relay_latency: Latency::of(&mut relay),
+        server_relay_us,
         client_cores_used: match (client_before, client_after) {
             (Some(a), Some(b)) if server.secs > 0.0 => Some((b - a) as f64 / 100.0 / server.secs),
             _ => None,

@@ -161,6 +161,10 @@ pub struct Report {
     pub signals_per_sec: f64,
     /// `call.signal` sent → received by the peer (both clients in this process).
     pub relay_latency: Latency,
+    /// The server's own relay time (`matchmaking.relay_us_p50`/`_p99` from `/health`: handle
+    /// call → relayed frame handed on, last 4096 signals), to tell server from client time.
+    #[serde(default)]
+    pub server_relay_us: Option<(u64, u64)>,
     pub server: Spent,
     pub client_cores_used: Option<f64>,
     pub elapsed_secs: f64,
@@ -218,6 +222,9 @@ impl Report {
         );
         row("signals relayed", format!("{} ({:.0}/s)", self.signals_relayed, self.signals_per_sec));
         row("relay latency p50/p99/max", lat(self.relay_latency));
+        if let Some((p50, p99)) = self.server_relay_us {
+            row("server relay time p50/p99", format!("{:.3} / {:.3} ms", p50 as f64 / 1e3, p99 as f64 / 1e3));
+        }
         row("server CPU", format!("{} s = {} cores", opt(self.server.cpu_secs), opt(self.server.cores_used)));
         row("client CPU (this tool)", format!("{} cores", opt(self.client_cores_used)));
         row("elapsed", format!("{:.2} s", self.elapsed_secs));

@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::rawws::{Incoming, RawWs};
 use crate::report::Latency;
 use crate::scenario::conns::{self, count};
-use crate::scenario::presence_report::{Memory, Parsed, Receipt, Report, parse, spread_lags_us};
+use crate::scenario::presence_report::{Memory, Parsed, Receipt, Report, parse, spread_lags_us, tick_lag_us};
 use crate::summary;
 use crate::usage::{Reading, Spent, cpu_ticks};
 
@@ -123,6 +123,10 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
     let (before, client_before) = (Reading::take(Some(&health), pid).await, own_cpu_ticks());
     sleep_until_or(end, deadline).await;
     let (after, client_after) = (Reading::take(Some(&health), pid).await, own_cpu_ticks());
+    let server_tick_p99_us = crate::http::fetch_json(&health)
+        .await
+        .ok()
+        .and_then(|v| v.pointer("/presence/tick_p99_us").and_then(serde_json::Value::as_u64));
     sleep_until_or(end + DRAIN, deadline).await;
     let _ = stage_tx.send(Stage::Close);
     progress.phase("closing", connected);
@@ -167,6 +171,9 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
         receipts.iter().zip(&lags).filter(|(r, l)| **l == 0 && in_window(r.at_us)).map(|(r, _)| r.seq).collect();
     let mut kept: Vec<u64> =
         receipts.iter().zip(lags.drain(..)).filter(|(r, _)| firsts.contains(&r.seq)).map(|(_, l)| l).collect();
+    let mut tick_lags: Vec<u64> =
+        receipts.iter().filter(|r| firsts.contains(&r.seq)).filter_map(|r| r.tick_lag_us).collect();
+    let tick_lag = (!tick_lags.is_empty()).then(|| Latency::of(&mut tick_lags));
     let entries_per_sec = entries as f64 / measured;
     let client_cores_used = match (client_before, client_after) {
         (Some(a), Some(b)) => Some((b - a) as f64 / 100.0 / measured),
@@ -196,6 +203,8 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
         entries_per_sec,
         entries_per_server_core_per_sec: server.cores_used.filter(|c| *c > 0.0).map(|c| entries_per_sec / c),
         fanout_spread: Latency::of(&mut kept),
+        tick_lag,
+        server_tick_p99_us,
         server,
         client_cores_used,
         memory,
@@ -280,13 +289,15 @@ impl Conn {
                 msg = self.ws.next() => match msg {
                     Ok(Incoming::Text(text)) => {
                         let at_us = micros(self.origin, Instant::now());
+                        let wall = std::time::SystemTime::now();
                         match parse(&text) {
-                            Ok(Parsed::Presence { snapshot, seq, entries }) => {
+                            Ok(Parsed::Presence { snapshot, seq, entries, tick_at }) => {
                                 if !got_snapshot && snapshot {
                                     got_snapshot = true;
                                     self.subscribed.fetch_add(1, Ordering::Relaxed);
                                 }
-                                seen.receipts.push((Receipt { seq, at_us }, snapshot, entries));
+                                let tick_lag_us = tick_at.map(|t| tick_lag_us(t, wall));
+                                seen.receipts.push((Receipt { seq, at_us, tick_lag_us }, snapshot, entries));
                             }
                             Ok(Parsed::Error(code)) => count(&mut seen.errors, code, 1),
                             Ok(Parsed::Other(_)) => {}

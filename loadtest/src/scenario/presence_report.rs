@@ -49,6 +49,7 @@ struct Frame<'a> {
     #[serde(default)]
     leaves: Counted,
     code: Option<&'a str>,
+    tick_at: Option<i64>,
 }
 
 /// A server frame, classified.
@@ -56,7 +57,8 @@ struct Frame<'a> {
 pub enum Parsed {
     /// `presence.snapshot` (`snapshot: true`) or `presence.diff`, with its entry count
     /// (snapshot entries, or diff joins + updates + leaves).
-    Presence { snapshot: bool, seq: u64, entries: u32 },
+    /// `tick_at`: the server's time of the tick that published it (Unix ms), if sent.
+    Presence { snapshot: bool, seq: u64, entries: u32, tick_at: Option<i64> },
     /// An `error` frame's code.
     Error(String),
     /// Anything else (`presence.ack`, `pong`, ...), by type.
@@ -68,7 +70,7 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
     let f: Frame<'_> = serde_json::from_str(text).map_err(|e| format!("bad frame: {e}"))?;
     let presence = |snapshot: bool, entries: u32| -> Result<Parsed, String> {
         let seq = f.seq.ok_or_else(|| format!("{} without seq", f.kind))?;
-        Ok(Parsed::Presence { snapshot, seq, entries })
+        Ok(Parsed::Presence { snapshot, seq, entries, tick_at: f.tick_at })
     };
     match f.kind {
         "presence.snapshot" => presence(true, f.entries.0),
@@ -78,11 +80,21 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
     }
 }
 
-/// One presence message received: its `seq` and when (µs since the run's origin).
+/// One presence message received: its `seq`, when (µs since the run's origin), and how
+/// long after the tick that published it (wall clock − the message's `tick_at`; server and
+/// tool share the machine's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
     pub seq: u64,
     pub at_us: u64,
+    pub tick_lag_us: Option<u64>,
+}
+
+/// How long after `tick_at_ms` (Unix ms) the wall clock `now` is, in µs (0 if earlier:
+/// the tick time has millisecond resolution).
+pub fn tick_lag_us(tick_at_ms: i64, now: std::time::SystemTime) -> u64 {
+    let now_us = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    (now_us - tick_at_ms.saturating_mul(1000)).max(0) as u64
 }
 
 /// For every receipt, how long after the earliest receipt of the same `seq` it came.
@@ -149,6 +161,14 @@ pub struct Report {
     pub entries_per_server_core_per_sec: Option<f64>,
     /// Receipt − earliest receipt of the same `seq` (see [`spread_lags_us`]).
     pub fanout_spread: Latency,
+    /// Receipt − the tick that published it (the message's `tick_at`), for messages of
+    /// the measured interval; `None` from a server that does not send `tick_at`.
+    #[serde(default)]
+    pub tick_lag: Option<Latency>,
+    /// `presence.tick_p99_us` from `/health` after the run: the server's own time per tick
+    /// (merge, diff, one serialization, enqueueing to every subscriber), last 256 ticks.
+    #[serde(default)]
+    pub server_tick_p99_us: Option<u64>,
     pub server: Spent,
     /// This load generator's own CPU over the interval (it shares the machine).
     pub client_cores_used: Option<f64>,
@@ -193,6 +213,12 @@ impl Report {
         row("entries per server core per s", opt(self.entries_per_server_core_per_sec, ""));
         let l = self.fanout_spread;
         row("fan-out spread p50/p99/max", format!("{:.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms));
+        if let Some(us) = self.server_tick_p99_us {
+            row("server tick p99 (enqueue to all)", format!("{:.1} ms", us as f64 / 1e3));
+        }
+        if let Some(l) = self.tick_lag {
+            row("lag after the tick p50/p99/max", format!("{:.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms));
+        }
         row("server CPU", format!("{} s = {} cores", opt(self.server.cpu_secs, ""), opt(self.server.cores_used, "")));
         row("client CPU (this tool)", format!("{} cores", opt(self.client_cores_used, "")));
         row("server bytes out (wire)", opt(self.server.bytes_out_per_sec_wire.map(|b| b / 1_048_576.0), " MiB/s"));
@@ -212,10 +238,13 @@ mod tests {
     fn frames_are_classified_and_counted() {
         let snap = r#"{"type":"presence.snapshot","topic":"t","seq":41,"count":3,
             "entries":[{"id":"a","state":"away","tags":[1,2]},{"id":"b"},{"id":"c"}]}"#;
-        assert_eq!(parse(snap), Ok(Parsed::Presence { snapshot: true, seq: 41, entries: 3 }));
+        assert_eq!(parse(snap), Ok(Parsed::Presence { snapshot: true, seq: 41, entries: 3, tick_at: None }));
         let diff = r#"{"type":"presence.diff","topic":"t","seq":42,"count":3,
-            "joins":[{"id":"d"}],"updates":[{"id":"a"},{"id":"b"}],"leaves":["c"]}"#;
-        assert_eq!(parse(diff), Ok(Parsed::Presence { snapshot: false, seq: 42, entries: 4 }));
+            "joins":[{"id":"d"}],"updates":[{"id":"a"},{"id":"b"}],"leaves":["c"],"tick_at":1700000000123}"#;
+        assert_eq!(
+            parse(diff),
+            Ok(Parsed::Presence { snapshot: false, seq: 42, entries: 4, tick_at: Some(1_700_000_000_123) })
+        );
         assert_eq!(
             parse(r#"{"type":"error","code":"rate_limited","message":"x"}"#),
             Ok(Parsed::Error("rate_limited".into()))
@@ -228,10 +257,17 @@ mod tests {
 
     #[test]
     fn spread_is_measured_from_the_first_receipt_of_each_seq() {
-        let r = |seq, at_us| Receipt { seq, at_us };
+        let r = |seq, at_us| Receipt { seq, at_us, tick_lag_us: None };
         let lags = spread_lags_us(&[r(1, 500), r(1, 100), r(2, 2_000_100), r(1, 350), r(2, 2_000_000)]);
         assert_eq!(lags, vec![400, 0, 100, 250, 0]);
         assert!(spread_lags_us(&[]).is_empty());
+    }
+
+    #[test]
+    fn tick_lag_is_wall_clock_minus_the_tick() {
+        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_micros(ms);
+        assert_eq!(tick_lag_us(1_000, at(1_012_500)), 12_500);
+        assert_eq!(tick_lag_us(1_000, at(999_000)), 0, "never negative");
     }
 
     #[test]

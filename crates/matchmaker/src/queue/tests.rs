@@ -17,6 +17,7 @@ fn entry(user: &str, gender: &str, joined: i64) -> QueueEntry {
         },
         prefs: MatchPrefs::default(),
         blocked: vec![],
+        cooldowns: vec![],
         joined_at_ms: joined,
     }
 }
@@ -47,6 +48,17 @@ fn preferences_must_hold_both_ways() {
     let a0 = entry("a", "female", 0);
     assert!(!a0.compatible(&c) && !c.compatible(&a0), "a block works from either side");
     assert!(!a0.compatible(&a0.clone()), "never oneself");
+}
+
+#[test]
+fn a_loaded_cooldown_keeps_a_pair_apart_until_it_ends() {
+    let mut a = entry("a", "female", 0);
+    let b = entry("b", "male", 0);
+    a.cooldowns = vec![("b".into(), 100)];
+    assert!(a.cooling_with(&b, 99) && b.cooling_with(&a, 99), "from either side");
+    assert!(!a.cooling_with(&b, 100), "over at its end");
+    assert!(!a.cooling_with(&entry("c", "male", 0), 0), "only with that user");
+    assert!(a.compatible(&b), "a cooldown is not a block");
 }
 
 async fn claims_are_exclusive_and_need_both_queued(q: &dyn MatchQueue) {

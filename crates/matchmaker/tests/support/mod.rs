@@ -133,8 +133,23 @@ impl Directory for FakeDirectory {
         }))
     }
 
-    fn in_cooldown<'a>(&'a self, a: &'a str, b: &'a str) -> BoxFuture<'a, Result<bool, DirectoryError>> {
-        ready(self.check().map(|_| self.dir.lock().unwrap().cooldowns.get(&pair(a, b)).is_some_and(|u| *u > now_ms())))
+    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, DirectoryError>> {
+        ready(self.check().map(|_| {
+            let now = now_ms();
+            let d = self.dir.lock().unwrap();
+            let mut out: Vec<(String, i64)> = d
+                .cooldowns
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .filter_map(|((a, b), until)| match () {
+                    _ if a == user_id => Some((b.clone(), *until)),
+                    _ if b == user_id => Some((a.clone(), *until)),
+                    _ => None,
+                })
+                .collect();
+            out.sort();
+            Arc::new(out)
+        }))
     }
 
     fn start_call<'a>(

@@ -70,9 +70,9 @@ impl Directory for Dir {
             return Err("database down".into());
         }
         Ok(Some(Profile {
-            display_name: format!("Name {user_id}"),
+            display_name: format!("Name {user_id}").into(),
             gender: "unspecified".into(),
-            selfie_url: Some(format!("https://img.invalid/{user_id}.jpg")),
+            selfie_url: Some(format!("https://img.invalid/{user_id}.jpg").into()),
         }))
     }
 

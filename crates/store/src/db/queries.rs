@@ -219,6 +219,21 @@ impl Db {
         Ok(row.map(|(u,)| u))
     }
 
+    /// Users in a cooldown with `user_id` that ends after `now`, with its end (Unix ms).
+    pub(crate) async fn cooldowns_of(&self, user_id: &str, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = with_conn!(self, read "cooldowns_of", |c| {
+            sqlx::query_as(
+                "SELECT user_b, until FROM cooldowns WHERE user_a = $1 AND until > $2
+                 UNION ALL SELECT user_a, until FROM cooldowns WHERE user_b = $1 AND until > $2",
+            )
+            .bind(user_id)
+            .bind(now)
+            .fetch_all(&mut *c)
+            .await?
+        });
+        Ok(rows)
+    }
+
     pub(crate) async fn put_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
         with_conn!(self, write "put_block", |c| {
             sqlx::query("INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3) ON CONFLICT (blocker, blocked) DO NOTHING")

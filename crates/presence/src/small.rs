@@ -1,0 +1,149 @@
+//! A map and a set for the few topics one connection or user is in (at most
+//! `presence.max_subscriptions_per_connection` per connection): a `Vec` searched linearly
+//! costs one small allocation, where a `HashMap` costs a table of at least four buckets
+//! plus control bytes for every connection (BENCHMARKS.md, presence memory).
+
+use std::borrow::Borrow;
+
+/// A set kept in insertion order.
+#[derive(Debug, Clone)]
+pub(crate) struct SmallSet<T>(Vec<T>);
+
+impl<T> Default for SmallSet<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: PartialEq> SmallSet<T> {
+    pub(crate) fn contains<Q: PartialEq + ?Sized>(&self, value: &Q) -> bool
+    where
+        T: Borrow<Q>,
+    {
+        self.0.iter().any(|v| v.borrow() == value)
+    }
+
+    /// Adds `value`; false if it was there already.
+    pub(crate) fn insert(&mut self, value: T) -> bool {
+        if self.0.contains(&value) {
+            return false;
+        }
+        self.0.push(value);
+        true
+    }
+
+    /// Removes `value`; false if it was not there.
+    pub(crate) fn remove<Q: PartialEq + ?Sized>(&mut self, value: &Q) -> bool
+    where
+        T: Borrow<Q>,
+    {
+        match self.0.iter().position(|v| v.borrow() == value) {
+            Some(i) => {
+                self.0.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a SmallSet<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// A map kept in insertion order.
+#[derive(Debug, Clone)]
+pub(crate) struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: PartialEq, V> SmallMap<K, V> {
+    pub(crate) fn get<Q: PartialEq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.0.iter().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
+    }
+
+    pub(crate) fn get_mut<Q: PartialEq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        self.0.iter_mut().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
+    }
+
+    pub(crate) fn contains_key<Q: PartialEq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.get(key).is_some()
+    }
+
+    /// The value for `key`, inserting `value` first if there is none.
+    pub(crate) fn get_or_insert(&mut self, key: K, value: V) -> &mut V {
+        let i = match self.0.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.0.push((key, value));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub(crate) fn remove<Q: PartialEq + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let i = self.0.iter().position(|(k, _)| k.borrow() == key)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_map_behave_like_the_std_ones() {
+        let mut s: SmallSet<std::sync::Arc<str>> = SmallSet::default();
+        assert!(s.insert("a".into()) && s.insert("b".into()) && !s.insert("a".into()));
+        assert!(s.contains("a") && s.len() == 2);
+        assert!(s.remove("a") && !s.remove("a") && !s.contains("a"));
+        assert_eq!(s.into_iter().map(|t| &**t).collect::<Vec<_>>(), ["b"]);
+
+        let mut m: SmallMap<std::sync::Arc<str>, u32> = SmallMap::default();
+        *m.get_or_insert("t".into(), 0) += 1;
+        *m.get_or_insert("t".into(), 0) += 1;
+        *m.get_or_insert("u".into(), 7) += 1;
+        assert_eq!((m.get("t"), m.get("u"), m.get("v")), (Some(&2), Some(&8), None));
+        *m.get_mut("u").unwrap() = 1;
+        assert!(m.contains_key("u"));
+        assert_eq!(m.keys().count(), 2);
+        assert_eq!(m.remove("t"), Some(2));
+        assert_eq!(m.remove("t"), None);
+        assert!(!m.is_empty());
+        m.remove("u");
+        assert!(m.is_empty());
+    }
+}
