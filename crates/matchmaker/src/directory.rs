@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// A boxed future, so the traits here stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A user's cooldown partners and when each cooldown ends (Unix ms).
+pub type CooldownList = Arc<Vec<(String, i64)>>;
+
 /// What a peer is shown of a user in `match.proposed`, `match.confirmed` and `invite.received`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicProfile {
@@ -139,7 +142,7 @@ pub trait Directory: Send + Sync + 'static {
     fn blocks<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<String>>, DirectoryError>>;
     /// Users in a cooldown with `user_id` right now, each with when it ends (Unix ms);
     /// loaded once per join, so a scan never asks about a pair.
-    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, DirectoryError>>;
+    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<CooldownList, DirectoryError>>;
     /// Writes the start of a call between `a` (offerer) and `b`; returns its id.
     fn start_call<'a>(
         &'a self,

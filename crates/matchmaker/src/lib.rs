@@ -42,8 +42,8 @@ pub use clock::now_ms;
 pub use cluster::{ClusterEvent, DeadInstance, InstanceRegistry};
 pub use config::{ClusterConfig, ConfigError, IceConfig, MatchmakerConfig};
 pub use directory::{
-    Activity, ActivitySink, BoxFuture, CallEnd, CallOrigin, Directory, DirectoryError, EndReason, Profile,
-    PublicProfile, Report, StartedCall,
+    Activity, ActivitySink, BoxFuture, CallEnd, CallOrigin, CooldownList, Directory, DirectoryError, EndReason,
+    Profile, PublicProfile, Report, StartedCall,
 };
 pub use events::{CancelReason, InviteEnd, MatchEvent, Role};
 pub use handle::{MatchError, MatchmakerHandle};

@@ -129,7 +129,7 @@ pub(crate) enum Done<O> {
 }
 
 /// Profile, block list and cooldown partners (with their ends, Unix ms).
-pub(crate) type JoinLookup = (Option<Profile>, Arc<Vec<String>>, Arc<Vec<(String, i64)>>);
+pub(crate) type JoinLookup = (Option<Profile>, Arc<Vec<String>>, crate::directory::CooldownList);
 pub(crate) type InviteLookup = (Option<Profile>, Option<Profile>, Arc<Vec<String>>);
 
 /// A `match.join` waiting for a lookup slot.

@@ -104,10 +104,7 @@ impl mm::Directory for StoreDirectory {
         Box::pin(async move { self.store.blocks_of(user_id).await.map_err(unavailable) })
     }
 
-    fn cooldowns<'a>(
-        &'a self,
-        user_id: &'a str,
-    ) -> mm::BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, mm::DirectoryError>> {
+    fn cooldowns<'a>(&'a self, user_id: &'a str) -> mm::BoxFuture<'a, Result<mm::CooldownList, mm::DirectoryError>> {
         Box::pin(async move { self.store.cooldowns_of(user_id).await.map_err(unavailable) })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rendezvous_bus::{Bus, BusConfig};
 use rendezvous_gateway::testing::{ChannelOutbox, OutboxRx, Sent};
 use rendezvous_matchmaker::{
-    Activity, ActivitySink, BoxFuture, CallEnd, CallOrigin, Directory, DirectoryError, InProcessLocator,
+    Activity, ActivitySink, BoxFuture, CallEnd, CallOrigin, CooldownList, Directory, DirectoryError, InProcessLocator,
     InProcessQueue, Matchmaker, MatchmakerConfig, MatchmakerDeps, MatchmakerHandle, Profile, PublicProfile, Report,
     StartedCall, now_ms,
 };
@@ -133,7 +133,7 @@ impl Directory for FakeDirectory {
         }))
     }
 
-    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, DirectoryError>> {
+    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<CooldownList, DirectoryError>> {
         ready(self.check().map(|_| {
             let now = now_ms();
             let d = self.dir.lock().unwrap();
