@@ -121,6 +121,9 @@ pub struct StartedCall {
     pub started_at_ms: i64,
 }
 
+/// Users in a cooldown with someone, each with when it ends (Unix ms).
+pub type CooldownList = Arc<Vec<(String, i64)>>;
+
 /// The directory failed; the matchmaker answers the user with `unavailable`.
 #[derive(Debug, thiserror::Error)]
 #[error("directory unavailable")]
@@ -135,7 +138,7 @@ pub trait Directory: Send + Sync + 'static {
     fn blocks<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<String>>, DirectoryError>>;
     /// Users in a cooldown with `user_id` right now, each with when it ends (Unix ms);
     /// loaded once per join, so a scan never asks about a pair.
-    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Arc<Vec<(String, i64)>>, DirectoryError>>;
+    fn cooldowns<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<CooldownList, DirectoryError>>;
     /// Writes the start of a call between `a` (offerer) and `b`; returns its id.
     fn start_call<'a>(
         &'a self,
