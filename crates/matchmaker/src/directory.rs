@@ -128,9 +128,6 @@ pub struct StartedCall {
     pub started_at_ms: i64,
 }
 
-/// Users in a cooldown with someone, each with when it ends (Unix ms).
-pub type CooldownList = Arc<Vec<(String, i64)>>;
-
 /// The directory failed; the matchmaker answers the user with `unavailable`.
 #[derive(Debug, thiserror::Error)]
 #[error("directory unavailable")]
