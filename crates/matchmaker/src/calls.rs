@@ -238,6 +238,23 @@ impl<O: Outbox> Task<O> {
         }
     }
 
+    /// Writes a call's history row, then its cooldown until `until`, off the loop.
+    pub(crate) fn store_call_end(&self, end: CallEnd, until: i64) {
+        let directory = self.deps.directory.clone();
+        let stats = self.stats.clone();
+        let cooldown = self.cfg.cooldown_ms > 0;
+        self.tracker.spawn(async move {
+            let mut result = directory.end_call(&end).await;
+            if result.is_ok() && cooldown {
+                result = directory.put_cooldown(&end.user_a, &end.user_b, until).await;
+            }
+            if let Err(e) = result {
+                inc(&stats.directory_errors);
+                tracing::warn!(error = %e, call_id = %end.call_id, "call end not stored");
+            }
+        });
+    }
+
     /// Ends a call: the cooldown is in force before either user is free again, the
     /// history row and cooldown are written off the loop, both sides are told.
     pub(crate) async fn end_call(&mut self, call_id: &str, reason: EndReason, ended_by: Option<String>) {
@@ -265,19 +282,7 @@ impl<O: Outbox> Task<O> {
             reason,
             ended_by: ended_by.clone(),
         };
-        let directory = self.deps.directory.clone();
-        let stats = self.stats.clone();
-        let cooldown = self.cfg.cooldown_ms > 0;
-        self.tracker.spawn(async move {
-            let mut result = directory.end_call(&end).await;
-            if result.is_ok() && cooldown {
-                result = directory.put_cooldown(&end.user_a, &end.user_b, until).await;
-            }
-            if let Err(e) = result {
-                inc(&stats.directory_errors);
-                tracing::warn!(error = %e, call_id = %end.call_id, "call end not stored");
-            }
-        });
+        self.store_call_end(end, until);
         let ev = MatchEvent::Ended { call_id: call_id.to_owned(), reason, ended_by };
         let frame = ev.to_json();
         for u in [&a, &b] {

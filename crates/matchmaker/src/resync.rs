@@ -108,19 +108,7 @@ impl<O: Outbox> Task<O> {
             reason: EndReason::InstanceLost,
             ended_by: None,
         };
-        let directory = self.deps.directory.clone();
-        let stats = self.stats.clone();
-        let cooldown = self.cfg.cooldown_ms > 0;
-        self.tracker.spawn(async move {
-            let mut result = directory.end_call(&end).await;
-            if result.is_ok() && cooldown {
-                result = directory.put_cooldown(&end.user_a, &end.user_b, until).await;
-            }
-            if let Err(e) = result {
-                inc(&stats.directory_errors);
-                tracing::warn!(error = %e, call_id = %end.call_id, "call end not stored");
-            }
-        });
+        self.store_call_end(end, until);
     }
 
     /// Re-asserts this instance's truth in the shared table: where its users are, who of

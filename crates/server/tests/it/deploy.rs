@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Value, json};
 
+use crate::presence::subscribe;
 use crate::support::nginx::{Nginx, loopback, ws_from};
 use crate::support::{BinaryServer, RawClient, binary_env, eventually, http_get, next_of_type};
 
@@ -244,68 +245,6 @@ async fn the_healthcheck_mode_follows_ready() {
     assert!(!ok && said.contains("cannot connect"), "{said}");
 }
 
-/// A client's view of the `lobby` topic, kept as docs/protocol.md tells clients to.
-#[derive(Default, Debug)]
-struct Lobby {
-    seq: u64,
-    entries: BTreeMap<String, Value>,
-    /// Every user that ever left, in order.
-    left: Vec<String>,
-}
-
-impl Lobby {
-    /// Subscribes `c` and starts from the snapshot.
-    async fn subscribe(c: &mut RawClient) -> Lobby {
-        c.send_text(&json!({"type": "presence.subscribe", "topic": "lobby"}).to_string(), false).await;
-        let mut lobby = Lobby::default();
-        lobby.apply(&next_of_type(c, "presence.snapshot").await);
-        lobby
-    }
-
-    fn apply(&mut self, m: &Value) {
-        match m["type"].as_str() {
-            Some("presence.snapshot") => {
-                self.seq = m["seq"].as_u64().unwrap();
-                self.entries = m["entries"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| (e["id"].as_str().unwrap().to_owned(), e.clone()))
-                    .collect();
-            }
-            Some("presence.diff") => {
-                assert_eq!(m["seq"].as_u64().unwrap(), self.seq + 1, "a gap in {m}");
-                self.seq += 1;
-                for id in m["leaves"].as_array().unwrap() {
-                    let id = id.as_str().unwrap().to_owned();
-                    self.entries.remove(&id);
-                    self.left.push(id);
-                }
-                for e in m["joins"].as_array().unwrap().iter().chain(m["updates"].as_array().unwrap()) {
-                    self.entries.insert(e["id"].as_str().unwrap().to_owned(), e.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Reads `c` until `done` holds for the view.
-    async fn until(&mut self, c: &mut RawClient, what: &str, done: impl Fn(&Lobby) -> bool) {
-        tokio::time::timeout(crate::support::PATIENCE, async {
-            while !done(self) {
-                let m = c.json().await;
-                self.apply(&m);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}; view: {self:?}"));
-    }
-
-    fn status(&self, id: &str) -> Option<&str> {
-        self.entries.get(id).and_then(|e| e["status"].as_str())
-    }
-}
-
 async fn send(c: &mut RawClient, v: Value) {
     c.send_text(&v.to_string(), false).await;
 }
@@ -366,9 +305,9 @@ async fn a_rolling_restart_moves_clients_and_keeps_their_presence() {
 
     // A watcher elsewhere; everyone in the lobby, the restarted instance's users with a status.
     let mut watcher = clients.remove(&staying[0]).unwrap();
-    let mut view = Lobby::subscribe(&mut watcher).await;
+    let mut view = subscribe(&mut watcher, "lobby").await;
     for (&n, c) in clients.iter_mut() {
-        Lobby::subscribe(c).await;
+        subscribe(c, "lobby").await;
         if moved.contains(&n) {
             send(c, json!({"type": "presence.set", "status": format!("from {n}")})).await;
         }
@@ -400,7 +339,7 @@ async fn a_rolling_restart_moves_clients_and_keeps_their_presence() {
     for &n in &moved {
         let (mut c, instance) = join(loopback(n), nginx, &format!("u{n}")).await;
         assert_ne!(instance, restarted, "127.0.0.{n} came back to the instance that is going away");
-        let mut own = Lobby::subscribe(&mut c).await;
+        let mut own = subscribe(&mut c, "lobby").await;
         send(&mut c, json!({"type": "presence.set", "status": format!("from {n}")})).await;
         own.until(&mut c, "the whole lobby again", |v| home.keys().all(|m| v.entries.contains_key(&format!("u{m}"))))
             .await;

@@ -30,7 +30,7 @@ pub(crate) struct View {
     seq: u64,
     pub(crate) entries: BTreeMap<String, Value>,
     /// Every id that ever left, in order.
-    left: Vec<String>,
+    pub(crate) left: Vec<String>,
 }
 
 impl View {
@@ -75,6 +75,11 @@ impl View {
 
     pub(crate) fn state(&self, id: &str) -> Option<&str> {
         self.entries.get(id).and_then(|e| e["state"].as_str())
+    }
+
+    /// The user's status text.
+    pub(crate) fn status(&self, id: &str) -> Option<&str> {
+        self.entries.get(id).and_then(|e| e["status"].as_str())
     }
 }
 
