@@ -356,7 +356,11 @@ async fn signaling(args: &ClusterArgs, origin: Instant, progress: &Progress, dea
     for s in seen {
         sent += s.sent;
         calls_up += usize::from(s.in_call);
-        if s.crosses { cross.extend(s.relay_us) } else { local.extend(s.relay_us) }
+        if s.crosses {
+            cross.extend(s.relay_us)
+        } else {
+            local.extend(s.relay_us)
+        }
         for (code, k) in s.errors {
             count(&mut errors, code, k);
         }

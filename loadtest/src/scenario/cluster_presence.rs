@@ -263,9 +263,10 @@ pub async fn run(args: &ClusterArgs, origin: Instant, progress: &Progress, deadl
         .iter()
         .flat_map(|s| {
             let firsts = &firsts;
-            s.frames.iter().filter(|f| in_window(&f.0)).filter_map(move |(at, _, seq)| {
-                firsts.get(&(s.group.0, s.group.1, *seq)).map(|first| at - first)
-            })
+            s.frames
+                .iter()
+                .filter(|f| in_window(&f.0))
+                .filter_map(move |(at, _, seq)| firsts.get(&(s.group.0, s.group.1, *seq)).map(|first| at - first))
         })
         .collect();
     let (lag_same, lag_other) = (Latency::of(&mut local), Latency::of(&mut remote));

@@ -103,12 +103,19 @@ impl Report {
 
     pub fn table(&self) -> String {
         let (s, p) = (&self.signaling, &self.presence);
-        let lat = |l: &Latency| format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms", l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms);
+        let lat = |l: &Latency| {
+            format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms", l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms)
+        };
         let opt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2}"));
         let list = |v: &[Option<f64>]| v.iter().map(|x| opt(*x)).collect::<Vec<_>>().join(" / ");
         let mut t = String::new();
-        let _ = writeln!(t, "cluster: {} instances (ports {:?}), {:.1} s", self.instances, self.ports, self.elapsed_secs);
-        let _ = writeln!(t, "signaling: {} pairs asked, {} sides connected, {} in a call", s.pairs, s.connected, s.call_sides_up);
+        let _ =
+            writeln!(t, "cluster: {} instances (ports {:?}), {:.1} s", self.instances, self.ports, self.elapsed_secs);
+        let _ = writeln!(
+            t,
+            "signaling: {} pairs asked, {} sides connected, {} in a call",
+            s.pairs, s.connected, s.call_sides_up
+        );
         let _ = writeln!(
             t,
             "  signals: {} sent, {} received, {:.0}/s (asked {:.0}/s)",
@@ -128,8 +135,18 @@ impl Report {
             "  {:.1} s: {} changes sent, {} entries delivered ({:.0}/s)",
             p.measured_secs, p.changes_sent, p.entries_delivered, p.entries_per_sec
         );
-        let _ = writeln!(t, "  change → receipt, same instance  ({:>7}): {}", p.lag_same_instance_samples, lat(&p.change_to_receipt_same_instance));
-        let _ = writeln!(t, "  change → receipt, other instance ({:>7}): {}", p.lag_other_instance_samples, lat(&p.change_to_receipt_other_instance));
+        let _ = writeln!(
+            t,
+            "  change → receipt, same instance  ({:>7}): {}",
+            p.lag_same_instance_samples,
+            lat(&p.change_to_receipt_same_instance)
+        );
+        let _ = writeln!(
+            t,
+            "  change → receipt, other instance ({:>7}): {}",
+            p.lag_other_instance_samples,
+            lat(&p.change_to_receipt_other_instance)
+        );
         let _ = writeln!(t, "  receipt spread within an instance: {}", lat(&p.receipt_spread));
         let _ = writeln!(
             t,
