@@ -12,7 +12,8 @@ pub struct ClusterArgs {
     /// The instances' address (IPv4 loopback only).
     #[arg(long, value_name = "HOST", default_value = "127.0.0.1", value_parser = loopback, help_heading = "Target")]
     pub host: std::net::Ipv4Addr,
-    /// The instances' ports, comma-separated (at least two; users are spread over them).
+    /// The instances' ports, comma-separated; users are spread over them (one port: the
+    /// single-instance baseline, where no call crosses).
     #[arg(long, value_name = "P,P,...", value_delimiter = ',', required = true, num_args = 1.., help_heading = "Target")]
     pub ports: Vec<u16>,
     /// WebSocket path.

@@ -253,10 +253,6 @@ pub(super) async fn open_spread(
 pub async fn run(args: &ClusterArgs, deadline: Instant) -> ExitCode {
     let origin = Instant::now();
     let progress = Progress::start("cluster");
-    if args.ports.len() < 2 {
-        eprintln!("rendezvous-loadtest: cluster needs at least two --ports");
-        return ExitCode::from(2);
-    }
     let signaling = signaling(args, origin, &progress, deadline).await;
     let presence = cluster_presence::run(args, origin, &progress, deadline).await;
     progress.finish();
