@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::http::HttpUrl;
 
+mod cluster;
 mod domain;
+pub use cluster::ClusterArgs;
 pub use domain::{MatchmakingArgs, PresenceArgs};
 
 /// Load generator for Rendezvous: many authenticated WebSocket connections and app API
@@ -75,6 +77,16 @@ pub enum Command {
     /// and the offerer hangs up. Reports matches per second, join → confirmed latency,
     /// relay latency and any user with two overlapping calls (a double match).
     Matchmaking(MatchmakingArgs),
+    /// Several instances of one server (over Redis): signaling and presence across them.
+    ///
+    /// Signaling: --pairs calls set up by invite (users created through the app API), every
+    /// other one with its two sides on different instances; both sides send `call.signal`s
+    /// at --signal-rate in total, and relay latency is reported same-instance vs
+    /// cross-instance. Presence: --subscribers (dev tokens) over every instance and
+    /// --topics topics, --changers on every instance; change-to-receipt lag by whether the
+    /// change was made on the subscriber's instance, entries delivered per second, and bus
+    /// publishes per tick (Redis INFO commandstats with --redis-port, and each /health).
+    Cluster(ClusterArgs),
     /// Fetch /health once and print the connection and memory figures.
     Health(HealthArgs),
     /// Diff two JSON summaries figure by figure.
@@ -412,6 +424,9 @@ mod tests {
              --settle-secs 5 --duration-secs 20 --max-secs 180 --server-pid 42 --deflate --json p.json",
             "matchmaking --port 18450 --api-key loadtest-0123456789abcdef --source-count 2 --users 4000 \
              --rounds 3 --signals 10 --signal-rate 20000 --max-secs 300 --server-pid 42 --json m.json",
+            "cluster --ports 18601,18602,18603 --redis-port 18600 --api-key loadtest-0123456789abcdef \
+             --pairs 600 --signal-rate 10000 --signal-secs 10 --subscribers 1500 --topics 15 --changers 600 \
+             --change-rate 300 --presence-secs 20 --source-count 2 --max-secs 240 --json c.json",
         ] {
             parse(cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
         }

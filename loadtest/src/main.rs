@@ -12,6 +12,8 @@
 //! - `http`: hyper's HTTP/1.1 client for the app API and `/health`; `pool`: jobs on N workers.
 //! - `scenario::presence`, `scenario::matchmaking` (+ `_report`, `_user`; `scenario::conns`): the domain
 //!   benchmarks, over `rawws` (a small client that reads permessage-deflate frames).
+//! - `scenario::cluster` (+ `_presence`, `_report`): several instances over Redis, signaling
+//!   and presence across them.
 //! - `usage`: the server's CPU (`/proc/<pid>/stat`) and bytes out (`/health`) over a run.
 //! - `dist`: seeded RNG and the Zipf sampler.
 //! - `report`: tallies, their merge and the idle table; `summary`: table and/or JSON out.
@@ -68,6 +70,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Zipf(args) => scenario::zipf::run(&args, now + args.store.max).await,
         Command::Presence(args) => scenario::presence::run(&args, now + args.conns.max).await,
         Command::Matchmaking(args) => scenario::matchmaking::run(&args, now + args.conns.max).await,
+        Command::Cluster(args) => scenario::cluster::run(&args, now + args.max).await,
         Command::Health(args) => health(&args).await,
         Command::Compare(args) => compare::run(&args),
     }

@@ -1,5 +1,8 @@
 //! Load scenarios.
 
+pub mod cluster;
+pub mod cluster_presence;
+pub mod cluster_report;
 pub mod connect_rate;
 pub mod conns;
 pub mod idle;
