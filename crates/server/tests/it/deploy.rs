@@ -258,8 +258,26 @@ async fn store_of(cluster: &Cluster) -> std::sync::Arc<rendezvous_store::Store> 
 
 /// `from` invites `to` (connected as `to_client`), who accepts: the call's id.
 async fn call(from: &mut RawClient, to: &mut RawClient, to_id: &str) -> String {
-    send(from, json!({"type": "invite.send", "user_id": to_id, "id": "inv"})).await;
-    assert_eq!(next_of_type(from, "invite.sent").await["id"], "inv");
+    // The invitee's instance records where they are just after its welcome, so until then
+    // the invite is answered `user_unavailable`; invite again until it is sent.
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        send(from, json!({"type": "invite.send", "user_id": to_id, "id": "inv"})).await;
+        let reply = loop {
+            let m = from.json().await;
+            if m["id"] == "inv" || m["ref"] == "inv" {
+                break m;
+            }
+        };
+        if reply["type"] == "invite.sent" {
+            break;
+        }
+        assert!(
+            reply["code"] == "user_unavailable" && tokio::time::Instant::now() < deadline,
+            "the invite was never sent: {reply}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let received = next_of_type(to, "invite.received").await;
     send(to, json!({"type": "invite.accept", "invite_id": received["invite_id"]})).await;
     let call_id = next_of_type(from, "match.confirmed").await["call_id"].as_str().unwrap().to_owned();
