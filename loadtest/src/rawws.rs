@@ -161,6 +161,15 @@ impl RawWs {
         self.send(0xA, payload).await
     }
 
+    /// Ends a session that `served` describes: closes cleanly after a success. Returns why
+    /// the session counts as dropped, if it does (the serve error, or an unanswered close).
+    pub async fn finish(self, served: Result<(), String>) -> Option<String> {
+        match served {
+            Ok(()) => (!self.close().await).then(|| "close not answered".to_owned()),
+            Err(e) => Some(e),
+        }
+    }
+
     /// Sends a close frame (1000) and waits up to 5 s for the server's close; true if it came.
     pub async fn close(mut self) -> bool {
         if self.send(0x8, &1000u16.to_be_bytes()).await.is_err() {

@@ -85,14 +85,8 @@ struct Conn {
 impl Conn {
     async fn run(mut self) -> Seen {
         let mut seen = Seen { group: (self.instance, self.topic), ..Seen::default() };
-        match self.serve(&mut seen).await {
-            Ok(()) => {
-                if !self.ws.close().await {
-                    seen.dropped = Some("close not answered".into());
-                }
-            }
-            Err(e) => seen.dropped = Some(e),
-        }
+        let served = self.serve(&mut seen).await;
+        seen.dropped = self.ws.finish(served).await;
         seen
     }
 

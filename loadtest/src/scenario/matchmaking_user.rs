@@ -38,14 +38,8 @@ pub(super) struct User {
 impl User {
     pub(super) async fn run(mut self) -> Seen {
         let mut seen = Seen::default();
-        match self.serve(&mut seen).await {
-            Ok(()) => {
-                if !self.ws.close().await {
-                    seen.dropped = Some("close not answered".into());
-                }
-            }
-            Err(e) => seen.dropped = Some(e),
-        }
+        let served = self.serve(&mut seen).await;
+        seen.dropped = self.ws.finish(served).await;
         seen
     }
 
