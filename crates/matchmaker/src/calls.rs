@@ -12,7 +12,7 @@ use crate::events::{CancelReason, InviteEnd, MatchEvent, Role};
 use crate::queue::{Engagement, EngagementKind, PairBan};
 use crate::stats::{add, inc};
 use crate::task::{Call, Task, Timer};
-use crate::wire::{Note, PairCmd};
+use crate::wire::{CallRef, Note, PairCmd, Wire};
 
 fn role(k: usize) -> Role {
     if k == 0 { Role::Offerer } else { Role::Answerer }
@@ -39,10 +39,9 @@ impl<O: Outbox> Task<O> {
                 let Some(k) = self.party(&call_id, &user) else {
                     return self.reply_error(&user, conn_id, ErrorCode::NoSuchCall, "call is over", req).await;
                 };
-                let peer = self.calls[&call_id].parties[1 - k].user_id.clone();
                 inc(&self.stats.signals_relayed);
-                let ev = MatchEvent::Signal { call_id, kind, payload };
-                self.send_to_user(&peer, Note::Plain, ev.to_json()).await;
+                let frame = MatchEvent::Signal { call_id: call_id.clone(), kind, payload }.to_json();
+                self.send_to_party(&call_id, 1 - k, frame).await;
                 if let Some(at) = since {
                     self.stats.relayed(at.elapsed());
                 }
@@ -67,6 +66,51 @@ impl<O: Outbox> Task<O> {
 
     pub(crate) fn party(&self, call_id: &str, user: &str) -> Option<usize> {
         self.calls.get(call_id)?.parties.iter().position(|p| p.user_id == user)
+    }
+
+    fn call_ref(&self, call_id: &str) -> CallRef {
+        CallRef { id: call_id.to_owned(), coordinator: self.me.to_string() }
+    }
+
+    /// Sends a frame to party `k` of a call, at the instance remembered for them (looked
+    /// up once, then kept until [`Task::forget_where`]).
+    async fn send_to_party(&mut self, call_id: &str, k: usize, frame: String) {
+        let Some(call) = self.calls.get(call_id) else { return };
+        let user = call.parties[k].user_id.clone();
+        let instance = match call.at[k].clone() {
+            Some(instance) => instance,
+            None => match self.deps.locator.instance_of(&user).await {
+                Ok(Some(instance)) => {
+                    if let Some(call) = self.calls.get_mut(call_id) {
+                        call.at[k] = Some(instance.clone());
+                    }
+                    instance
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    inc(&self.stats.bus_errors);
+                    return tracing::warn!(error = %e, "locator unavailable");
+                }
+            },
+        };
+        self.post(&instance, Wire::ToUser { user, note: Note::Plain, frame }).await;
+    }
+
+    /// Forgets where `user` was seen, in every call here (they left, came back, or may
+    /// have moved): the next frame for them asks the locator again.
+    pub(crate) fn forget_where(&mut self, user: &str) {
+        for call in self.calls.values_mut() {
+            if let Some(k) = call.parties.iter().position(|p| p.user_id == user) {
+                call.at[k] = None;
+            }
+        }
+    }
+
+    /// Forgets every remembered instance (a cluster change or lost messages).
+    pub(crate) fn forget_all_where(&mut self) {
+        for call in self.calls.values_mut() {
+            call.at = [None, None];
+        }
     }
 
     pub(crate) async fn call_started(&mut self, id: String, result: Result<StartedCall, DirectoryError>) {
@@ -108,11 +152,16 @@ impl<O: Outbox> Task<O> {
         add(&self.stats.active_calls, 1);
         self.calls.insert(
             call_id.clone(),
-            Call { parties: s.parties.clone(), started_at_ms: started.started_at_ms, reconnecting: [None; 2] },
+            Call {
+                parties: s.parties.clone(),
+                started_at_ms: started.started_at_ms,
+                reconnecting: [None; 2],
+                at: [None, None],
+            },
         );
         for k in 0..2 {
             let ev = MatchEvent::Confirmed { call_id: call_id.clone(), peer: s.parties[1 - k].clone(), role: role(k) };
-            let note = Note::CallStarted { peer: users[1 - k].clone() };
+            let note = Note::CallStarted { peer: users[1 - k].clone(), call: Some(self.call_ref(&call_id)) };
             self.send_to_user(&users[k], note, ev.to_json()).await;
         }
         // A party that left while the call was being written gets the usual grace.
@@ -149,6 +198,7 @@ impl<O: Outbox> Task<O> {
     /// `instance` lost its last connection of `user`; ignored if the user is connected
     /// elsewhere by now (a newer connection moved the binding).
     async fn gone(&mut self, user: &str, instance: &str) {
+        self.forget_where(user);
         if let Ok(Some(now_at)) = self.deps.locator.instance_of(user).await {
             if &*now_at != instance {
                 return;
@@ -160,6 +210,7 @@ impl<O: Outbox> Task<O> {
     /// The user is reachable nowhere: proposals are declined, calls enter their grace,
     /// invites end.
     async fn vanished(&mut self, user: &str) {
+        self.forget_where(user);
         let proposals: Vec<String> = self
             .proposals
             .iter()
@@ -205,6 +256,7 @@ impl<O: Outbox> Task<O> {
     }
 
     async fn back(&mut self, user: &str) {
+        self.forget_where(user);
         for s in self.starting.values_mut() {
             if let Some(k) = s.parties.iter().position(|p| p.user_id == user) {
                 s.gone[k] = false;
@@ -229,7 +281,7 @@ impl<O: Outbox> Task<O> {
             let was_away = call.reconnecting[k].take().is_some();
             let peer = call.parties[1 - k].clone();
             let ev = MatchEvent::Resumed { call_id: id.clone(), peer: peer.clone(), role: role(k) };
-            let note = Note::CallStarted { peer: peer.user_id.clone() };
+            let note = Note::CallStarted { peer: peer.user_id.clone(), call: Some(self.call_ref(&id)) };
             self.send_to_user(user, note, ev.to_json()).await;
             if was_away {
                 let ev = MatchEvent::PeerReconnected { call_id: id.clone() };
@@ -312,9 +364,14 @@ impl<O: Outbox> Task<O> {
         }
         users.sort_unstable();
         users.dedup();
-        for u in users {
-            if let Ok(None) = self.deps.locator.instance_of(&u).await {
-                self.vanished(&u).await;
+        // One round trip for everyone, not one per user: the loop waits for it.
+        let found = match self.deps.locator.instances_of(&users).await {
+            Ok(found) => found,
+            Err(e) => return tracing::warn!(error = %e, "locator unavailable; sweep skipped"),
+        };
+        for (u, at) in users.iter().zip(found) {
+            if at.is_none() {
+                self.vanished(u).await;
             }
         }
     }

@@ -354,6 +354,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_redis_locator_answers_many_at_once_in_order() {
+        let Some(state) = test_redis().await else { return };
+        let slow = ClusterConfig { heartbeat_interval_ms: 1_000, instance_timeout_ms: 60_000 };
+        let (a, b) = (state.registry("a", &slow), state.registry("b", &slow));
+        a.register().await.unwrap();
+        b.register().await.unwrap();
+        let l = state.locator();
+        // More users than one script call takes, on both instances, with gaps.
+        let users: Vec<String> = (0..2_500).map(|i| format!("u{i}")).collect();
+        for (i, u) in users.iter().enumerate() {
+            match i % 3 {
+                0 => l.bind(u, "a").await.unwrap(),
+                1 => l.bind(u, "b").await.unwrap(),
+                _ => {}
+            }
+        }
+        let expected = |dead: Option<&str>| -> Vec<Option<&str>> {
+            (0..users.len()).map(|i| [Some("a"), Some("b"), None][i % 3].filter(|inst| Some(*inst) != dead)).collect()
+        };
+        let found = l.instances_of(&users).await.unwrap();
+        assert_eq!(found.iter().map(Option::as_deref).collect::<Vec<_>>(), expected(None));
+        b.deregister().await;
+        let found = l.instances_of(&users).await.unwrap();
+        assert_eq!(
+            found.iter().map(Option::as_deref).collect::<Vec<_>>(),
+            expected(Some("b")),
+            "b's users are nowhere"
+        );
+        assert_eq!(l.instances_of(&[]).await.unwrap(), vec![]);
+        state.delete_all_for_tests().await;
+    }
+
+    #[tokio::test]
     async fn exactly_one_survivor_cleans_up_after_a_dead_instance() {
         let Some(state) = test_redis().await else { return };
         let regs: Vec<InstanceRegistry> = ["a", "b", "c"].iter().map(|i| state.registry(i, &FAST)).collect();

@@ -48,6 +48,7 @@ impl<O: Outbox> Task<O> {
             outgoing: Vec::new(),
             invite_times: VecDeque::new(),
             recent_peers: VecDeque::new(),
+            call: None,
         });
         if local.conns.iter().any(|c| c.id() == conn.id()) {
             return;
@@ -119,6 +120,24 @@ impl<O: Outbox> Task<O> {
             }
             op => op,
         };
+        // A call coordinated elsewhere that this home saw start: straight to its coordinator.
+        if let Op::Signal { call_id, .. } | Op::Hangup(call_id) = &op {
+            if let Some(coord) = self.known_coordinator(&user, call_id) {
+                let conn_id = conn.id();
+                let cmd = match op {
+                    Op::Signal { call_id, kind, payload, at } => {
+                        if !signal_fits(&conn, &payload, self.cfg.max_signal_bytes, &req) {
+                            return;
+                        }
+                        let since = (coord == *self.me).then_some(at);
+                        PairCmd::Signal { call_id, kind, payload, since }
+                    }
+                    Op::Hangup(call_id) => PairCmd::Hangup { call_id },
+                    _ => return,
+                };
+                return self.send_to_coord(&coord, &user, conn_id, req, cmd).await;
+            }
+        }
         let status = match op {
             Op::Block(_) | Op::Report { .. } | Op::Invite(_) | Op::InviteAccept(_) | Op::InviteDecline(_) => None,
             Op::InviteCancel(_) => None,
@@ -368,6 +387,12 @@ impl<O: Outbox> Task<O> {
         });
     }
 
+    /// The coordinator of `call_id` if this home knows `user` is in it.
+    fn known_coordinator(&self, user: &str, call_id: &str) -> Option<String> {
+        let call = self.users.get(user)?.call.as_ref()?;
+        (call.id == call_id).then(|| call.coordinator.clone())
+    }
+
     fn is_recent_peer(&self, user: &str, peer: &str) -> bool {
         self.users.get(user).is_some_and(|u| u.recent_peers.iter().any(|p| p == peer))
     }
@@ -384,8 +409,9 @@ impl<O: Outbox> Task<O> {
         match note {
             Note::Plain => {}
             Note::Reply { conn_id } => only = Some(conn_id),
-            Note::CallStarted { peer } => {
+            Note::CallStarted { peer, call } => {
                 local.queued = None;
+                local.call = call;
                 local.recent_peers.retain(|p| *p != peer);
                 if local.recent_peers.len() >= self.cfg.recent_peers {
                     local.recent_peers.pop_front();
@@ -395,6 +421,7 @@ impl<O: Outbox> Task<O> {
             }
             Note::CallEnded => {
                 local.queued = None;
+                local.call = None;
                 self.deps.activity.set_activity(user, Activity::Idle);
             }
             Note::ProposalEnded { requeued } => {

@@ -18,6 +18,17 @@ pub trait Locator: Send + Sync + 'static {
     fn unbind<'a>(&'a self, user_id: &'a str, instance: &'a str) -> Res<'a, ()>;
     /// Where the user is connected, if anywhere.
     fn instance_of<'a>(&'a self, user_id: &'a str) -> Res<'a, Option<Arc<str>>>;
+    /// Where each of `users` is connected, in order: one round trip for the lot where the
+    /// registry is remote (the sweep asks about every party it coordinates).
+    fn instances_of<'a>(&'a self, users: &'a [String]) -> Res<'a, Vec<Option<Arc<str>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(users.len());
+            for u in users {
+                out.push(self.instance_of(u).await?);
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// The registry in this process's memory; clones share it.
@@ -68,6 +79,16 @@ pub use redis::RedisLocator;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn many_at_once_answer_in_order() {
+        let l = InProcessLocator::new();
+        l.bind("u", "a").await.unwrap();
+        l.bind("w", "b").await.unwrap();
+        let users = ["w", "nobody", "u"].map(String::from);
+        let found = l.instances_of(&users).await.unwrap();
+        assert_eq!(found.iter().map(Option::as_deref).collect::<Vec<_>>(), [Some("b"), None, Some("a")]);
+    }
 
     #[tokio::test]
     async fn the_latest_binding_wins_and_stale_unbinds_are_ignored() {

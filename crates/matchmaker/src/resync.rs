@@ -45,8 +45,12 @@ impl<O: Outbox> Task<O> {
     /// what this instance coordinates are treated as disconnected (the sweep); and if this
     /// instance claimed it, what it coordinated ends here.
     async fn instance_died(&mut self, instance: &str, cleanup: Option<Arc<DeadInstance>>) {
+        self.forget_all_where();
         let mut closed = Vec::new();
         for (user, local) in &mut self.users {
+            if local.call.as_ref().is_some_and(|c| c.coordinator == instance) {
+                local.call = None;
+            }
             local.incoming.retain(|invite_id, coordinator| {
                 let keep = coordinator != instance;
                 if !keep {
@@ -117,6 +121,8 @@ impl<O: Outbox> Task<O> {
     /// any loss costs only the round trips. With a registry, scans and sweeps then pause
     /// for a few heartbeats, so the other instances re-assert theirs first.
     pub(crate) async fn resync(&mut self) {
+        // A lost `Back` or `Gone` may have moved a party: look everyone up again.
+        self.forget_all_where();
         if let Some(registry) = &self.deps.registry {
             self.quiet_until = Some(Instant::now() + registry.heartbeat_interval() * QUIET_HEARTBEATS);
         }

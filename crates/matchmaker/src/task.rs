@@ -23,7 +23,7 @@ use crate::handle::{Command, MatchmakerHandle};
 use crate::locator::{InProcessLocator, Locator};
 use crate::queue::{InProcessQueue, MatchQueue, QueueEntry};
 use crate::stats::{Stats, inc};
-use crate::wire::{Note, PairCmd, Wire, inbox_topic};
+use crate::wire::{CallRef, Note, PairCmd, Wire, inbox_topic};
 
 /// What the matchmaker is built on. The queue and locator are shared by every instance;
 /// [`MatchmakerDeps::in_process`] makes single-process ones.
@@ -95,10 +95,12 @@ impl Matchmaker {
         let stats = Arc::new(Stats::default());
         let cluster = deps.registry.as_ref().map(InstanceRegistry::subscribe);
         let queue = deps.queue.clone();
+        let (outlet, outgoing) = mpsc::channel(cfg.command_queue.max(1));
+        tracker.spawn(publish_loop(bus, outgoing, stats.clone()));
         let task = Task {
             cfg: cfg.clone(),
             me: me.clone(),
-            bus,
+            outlet,
             deps,
             tracker: tracker.clone(),
             stats: stats.clone(),
@@ -159,6 +161,10 @@ pub(crate) struct LocalUser<O> {
     pub(crate) invite_times: VecDeque<Instant>,
     /// Peers of recent calls, who may be blocked or reported.
     pub(crate) recent_peers: VecDeque<String>,
+    /// The call this user is in and its coordinator, as the coordinator last said: their
+    /// signals and hang-up go there without asking the shared table. A stale one costs
+    /// nothing worse than the coordinator's `no_such_call`.
+    pub(crate) call: Option<CallRef>,
 }
 
 pub(crate) struct Proposal {
@@ -181,6 +187,10 @@ pub(crate) struct Call {
     pub(crate) started_at_ms: i64,
     /// A running reconnect grace per party, by generation.
     pub(crate) reconnecting: [Option<u64>; 2],
+    /// Each party's instance, looked up at the first signal for them and forgotten when
+    /// they go away or come back ([`Task::forget_where`]) and when the cluster changes:
+    /// relaying a signal then costs no lookup.
+    pub(crate) at: [Option<Arc<str>>; 2],
 }
 
 pub(crate) struct Invite {
@@ -192,7 +202,9 @@ pub(crate) struct Invite {
 pub(crate) struct Task<O> {
     pub(crate) cfg: Arc<MatchmakerConfig>,
     pub(crate) me: Arc<str>,
-    pub(crate) bus: Bus,
+    /// Messages for other instances, published in order by [`publish_loop`] so the loop
+    /// never waits for a network round trip.
+    pub(crate) outlet: mpsc::Sender<(String, Bytes)>,
     pub(crate) deps: MatchmakerDeps,
     pub(crate) tracker: TaskTracker,
     pub(crate) stats: Arc<Stats>,
@@ -394,9 +406,10 @@ impl<O: Outbox> Task<O> {
                 return tracing::error!(error = %e, "could not encode a matchmaker message");
             }
         };
-        if let Err(e) = self.bus.publish(&inbox_topic(instance), bytes).await {
+        // Waits only while the publisher is `command_queue` messages behind.
+        if self.outlet.send((inbox_topic(instance), bytes)).await.is_err() {
             inc(&self.stats.bus_errors);
-            tracing::warn!(error = %e, instance, "matchmaker message not published");
+            tracing::error!(instance, "matchmaker publisher stopped; message not published");
         }
     }
 
@@ -435,6 +448,29 @@ impl<O: Outbox> Task<O> {
         cmd: PairCmd,
     ) {
         self.post(coordinator, Wire::ToCoord { user: user.to_owned(), conn_id, req, cmd }).await;
+    }
+}
+
+/// Most messages one publish round sends together.
+const PUBLISH_BATCH: usize = 64;
+
+/// Publishes the task's messages for other instances until the task is gone (then what
+/// is left). Each round starts the publishes of everything waiting, in order, before
+/// awaiting any: one connection keeps them in that order, and a round costs one round
+/// trip to Redis instead of one per message.
+async fn publish_loop(bus: Bus, mut outgoing: mpsc::Receiver<(String, Bytes)>, stats: Arc<Stats>) {
+    let mut round = Vec::with_capacity(PUBLISH_BATCH);
+    while outgoing.recv_many(&mut round, PUBLISH_BATCH).await > 0 {
+        let publishes = round.drain(..).map(|(topic, bytes)| {
+            let bus = &bus;
+            async move { (bus.publish(&topic, bytes).await, topic) }
+        });
+        for (result, topic) in futures_util::future::join_all(publishes).await {
+            if let Err(e) = result {
+                inc(&stats.bus_errors);
+                tracing::warn!(error = %e, %topic, "matchmaker message not published");
+            }
+        }
     }
 }
 

@@ -39,8 +39,16 @@ pub(crate) enum Note {
     Plain,
     /// Deliver to one connection only (an answer to its request).
     Reply { conn_id: u64 },
-    /// A call started with `peer`: presence shows `in_call`; `peer` may be blocked/reported.
-    CallStarted { peer: String },
+    /// A call started (or resumed) with `peer`: presence shows `in_call`; `peer` may be
+    /// blocked/reported; the home keeps `call` so the user's signals go straight to its
+    /// coordinator.
+    CallStarted {
+        peer: String,
+        /// Absent from an instance that predates it (a rolling upgrade): the home then
+        /// asks the shared table per signal, as before.
+        #[serde(default)]
+        call: Option<CallRef>,
+    },
     /// A call ended: presence shows `idle`.
     CallEnded,
     /// A proposal ended: presence shows `in_queue` if requeued, else `idle`.
@@ -50,6 +58,13 @@ pub(crate) enum Note {
     InviteOffer { invite_id: String, coordinator: String },
     /// An invite to the user ended (cancelled or expired).
     InviteClosed { invite_id: String },
+}
+
+/// A call and the instance coordinating it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CallRef {
+    pub(crate) id: String,
+    pub(crate) coordinator: String,
 }
 
 /// Commands for a coordinator.

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use rendezvous_matchmaker::{Activity, EndReason, IceConfig, MatchmakerConfig};
+use rendezvous_matchmaker::{Activity, EndReason, IceConfig, Locator, MatchQueue, MatchmakerConfig};
 use rendezvous_protocol::{
     CallBlock, CallHangup, CallReport, CallSignal, MatchAccept, MatchJoin, ReportReason, RequestId, SignalKind,
 };
@@ -56,6 +56,47 @@ async fn signaling_is_relayed_in_order_across_instances() {
     settle().await;
     let relayed: u64 = cl.handles.iter().map(|h| h.stats().signals_relayed).sum();
     assert_eq!(relayed, 22);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_calls_signals_need_no_shared_lookups_once_it_runs() {
+    let mut cl = Cluster::new(2, test_config()).await;
+    let (mut a, mut b, call) = in_call(&mut cl, 0, 1).await;
+    // The first signal each way teaches the coordinator where the receiver is.
+    signal(&a, &call, SignalKind::Offer, json!({"n": 1}));
+    assert_eq!(b.expect("call.signal").await["payload"]["n"], 1);
+    signal(&b, &call, SignalKind::Answer, json!({"n": 2}));
+    assert_eq!(a.expect("call.signal").await["payload"]["n"], 2);
+    // Empty the shared table and the locator under the running call: the homes know the
+    // coordinator and the coordinator knows the homes, so signals keep flowing both ways.
+    for (user, instance) in [("a", "i0"), ("b", "i1")] {
+        assert!(cl.queue.release(user, &call).await.unwrap(), "{user} was engaged in the call");
+        cl.locator.unbind(user, instance).await.unwrap();
+    }
+    for n in 3..6 {
+        signal(&a, &call, SignalKind::Ice, json!({"n": n}));
+        assert_eq!(b.expect("call.signal").await["payload"]["n"], n);
+        signal(&b, &call, SignalKind::Ice, json!({"n": -n}));
+        assert_eq!(a.expect("call.signal").await["payload"]["n"], -n);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_connection_elsewhere_takes_the_calls_signals() {
+    let mut cl = Cluster::new(2, test_config()).await;
+    let (mut a, mut b, call) = in_call(&mut cl, 0, 1).await;
+    signal(&a, &call, SignalKind::Offer, json!({"n": 1}));
+    assert_eq!(b.expect("call.signal").await["payload"]["n"], 1);
+    // b opens a second connection on the other instance without closing the first: the
+    // latest connection is where b is reached, and the coordinator forgets what it knew.
+    let mut b2 = cl.client(0, "b");
+    assert_eq!(b2.expect("call.resumed").await["call_id"], call.as_str());
+    signal(&a, &call, SignalKind::Ice, json!({"n": 2}));
+    assert_eq!(b2.expect("call.signal").await["payload"]["n"], 2);
+    b.expect_nothing().await;
+    // And b2's instance learned the call's coordinator from the resume.
+    signal(&b2, &call, SignalKind::Answer, json!({"n": 3}));
+    assert_eq!(a.expect("call.signal").await["payload"]["n"], 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -39,6 +39,26 @@ return false",
     )
 });
 
+/// `INSTANCE_OF` for many users: `''` where a user is bound nowhere or to a dead instance.
+static INSTANCES_OF: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local base, alive, out = ARGV[1], {}, {}
+local insts = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
+for i, inst in ipairs(insts) do
+  out[i] = ''
+  if inst then
+    if alive[inst] == nil then alive[inst] = redis.call('EXISTS', base .. 'alive:' .. inst) == 1 end
+    if alive[inst] then out[i] = inst end
+  end
+end
+return out",
+    )
+});
+
+/// Users per `INSTANCES_OF` call: well under Lua's limit on `unpack`ed arguments.
+const LOOKUP_CHUNK: usize = 1_000;
+
 /// The user → instance registry on Redis. Clones share the connection.
 #[derive(Clone, Debug)]
 pub struct RedisLocator {
@@ -76,6 +96,32 @@ impl Locator for RedisLocator {
             let args = vec![self.state.keys().base.clone(), user_id.to_owned()];
             let inst: Option<String> = self.state.run(&INSTANCE_OF, keys, args).await?;
             Ok(inst.map(Arc::from))
+        })
+    }
+
+    fn instances_of<'a>(&'a self, users: &'a [String]) -> Res<'a, Vec<Option<Arc<str>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(users.len());
+            for chunk in users.chunks(LOOKUP_CHUNK) {
+                let keys = vec![self.state.keys().key("loc")];
+                let mut args = Vec::with_capacity(chunk.len() + 1);
+                args.push(self.state.keys().base.clone());
+                args.extend(chunk.iter().cloned());
+                let found: Vec<String> = self.state.run(&INSTANCES_OF, keys, args).await?;
+                // Instances are few: share one `Arc` per name within the answer.
+                let mut names: Vec<Arc<str>> = Vec::new();
+                for inst in found {
+                    out.push((!inst.is_empty()).then(|| match names.iter().find(|n| ***n == *inst) {
+                        Some(n) => n.clone(),
+                        None => {
+                            let n: Arc<str> = Arc::from(inst);
+                            names.push(n.clone());
+                            n
+                        }
+                    }));
+                }
+            }
+            Ok(out)
         })
     }
 }
