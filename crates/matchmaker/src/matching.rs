@@ -128,14 +128,16 @@ impl<O: Outbox> Task<O> {
     /// longest-waiting compatible user. Returns whether another pass should follow at once:
     /// the pass read a full `scan_limit` and made proposals, so more may be waiting.
     pub(crate) async fn scan(&mut self) -> bool {
-        let entries = match self.deps.queue.waiting(self.cfg.scan_limit).await {
+        // Both reads at once: one round trip of the loop's time per scan, not two.
+        let (entries, len) = tokio::join!(self.deps.queue.waiting(self.cfg.scan_limit), self.deps.queue.len());
+        let entries = match entries {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "match queue unavailable");
                 return false;
             }
         };
-        if let Ok(n) = self.deps.queue.len().await {
+        if let Ok(n) = len {
             self.stats.queue_length.store(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let now = clock::now_ms();
