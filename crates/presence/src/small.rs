@@ -2,8 +2,20 @@
 //! `presence.max_subscriptions_per_connection` per connection): a `Vec` searched linearly
 //! costs one small allocation, where a `HashMap` costs a table of at least four buckets
 //! plus control bytes for every connection (BENCHMARKS.md, presence memory).
+//!
+//! Most connections and users are in exactly one topic, so the first insertion allocates
+//! room for one element only (a plain `Vec::push` would allocate four: 64 bytes for a
+//! connection's topic names, 160 for a user's memberships); later ones grow as a `Vec` does.
 
 use std::borrow::Borrow;
+
+/// Appends `value`, allocating room for exactly one element if `v` has none.
+fn push_first_exact<T>(v: &mut Vec<T>, value: T) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(value);
+}
 
 /// A set kept in insertion order.
 #[derive(Debug, Clone)]
@@ -28,7 +40,7 @@ impl<T: PartialEq> SmallSet<T> {
         if self.0.contains(&value) {
             return false;
         }
-        self.0.push(value);
+        push_first_exact(&mut self.0, value);
         true
     }
 
@@ -96,7 +108,7 @@ impl<K: PartialEq, V> SmallMap<K, V> {
         let i = match self.0.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                self.0.push((key, value));
+                push_first_exact(&mut self.0, (key, value));
                 self.0.len() - 1
             }
         };
@@ -145,5 +157,17 @@ mod tests {
         assert!(!m.is_empty());
         m.remove("u");
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn the_first_insertion_allocates_one_slot() {
+        let mut s: SmallSet<u64> = SmallSet::default();
+        s.insert(1);
+        assert_eq!(s.0.capacity(), 1);
+        s.insert(2);
+        assert!(s.0.capacity() >= 2);
+        let mut m: SmallMap<u64, u64> = SmallMap::default();
+        m.get_or_insert(1, 1);
+        assert_eq!(m.0.capacity(), 1);
     }
 }
