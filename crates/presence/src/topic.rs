@@ -23,22 +23,26 @@ pub(crate) fn no_blocks() -> Blocks {
     EMPTY.clone()
 }
 
+/// What one instance (replica) says about a member.
 struct Source {
     replica: ReplicaId,
     origin: Arc<str>,
     entry: Arc<Entry>,
 }
 
-/// A user in the topic: one record per instance that has them, and the merged entry shown.
+/// A user in the topic: one record per instance that has them (never empty).
+///
+/// The entry subscribers see is not kept here: it is built from the winning record when
+/// the user is in the window (`Topic::window`), so a member costs its map bucket and its
+/// sources, not also a shown entry of its own (112 bytes) that only the window needs.
 struct Member {
     sources: Vec<Source>,
-    shown: Arc<ShownEntry>,
 }
 
 impl Member {
-    fn merge(user: &UserId, sources: &[Source]) -> Option<Arc<ShownEntry>> {
-        let best = sources.iter().max_by(|a, b| a.entry.precedence(&a.origin, &b.entry, &b.origin))?;
-        Some(Arc::new(best.entry.shown(user)))
+    /// The record shown: the one that takes precedence (`Entry::precedence`).
+    fn best(&self) -> Option<&Arc<Entry>> {
+        self.sources.iter().max_by(|a, b| a.entry.precedence(&a.origin, &b.entry, &b.origin)).map(|s| &s.entry)
     }
 }
 
@@ -98,6 +102,11 @@ fn window_cmp(a: &&Arc<ShownEntry>, b: &&Arc<ShownEntry>) -> std::cmp::Ordering 
     a.window_key().cmp(&b.window_key())
 }
 
+/// Window order of members, by the record each shows.
+fn member_cmp(a: &(&UserId, &Arc<Entry>), b: &(&UserId, &Arc<Entry>)) -> std::cmp::Ordering {
+    a.1.window_key(a.0).cmp(&b.1.window_key(b.0))
+}
+
 impl<O: Outbox> Topic<O> {
     pub(crate) fn new(name: Arc<str>) -> Self {
         Self {
@@ -134,22 +143,19 @@ impl<O: Outbox> Topic<O> {
         let source = Source { replica, origin: origin.clone(), entry: entry.clone() };
         match self.members.get_mut(user) {
             Some(m) => {
+                let Some(before) = m.best().cloned() else { return false };
                 match m.sources.iter_mut().find(|s| s.replica == replica) {
                     Some(s) if s.entry == source.entry => return false,
                     Some(s) => *s = source,
                     None => m.sources.push(source),
                 }
-                let Some(shown) = Member::merge(user, &m.sources) else { return false };
-                if shown == m.shown {
+                if m.best().is_none_or(|after| after.shows_same(&before)) {
                     return false;
                 }
-                m.shown = shown;
                 self.mark(user, true);
             }
             None => {
-                let sources = vec![source];
-                let Some(shown) = Member::merge(user, &sources) else { return false };
-                self.members.insert(user.clone(), Member { sources, shown });
+                self.members.insert(user.clone(), Member { sources: vec![source] });
                 self.mark(user, false);
             }
         }
@@ -159,37 +165,39 @@ impl<O: Outbox> Topic<O> {
     /// Forgets what `replica` said about `user`; true if the shown entry changed or left.
     pub(crate) fn remove(&mut self, user: &UserId, replica: ReplicaId) -> bool {
         let Some(m) = self.members.get_mut(user) else { return false };
-        let before = m.sources.len();
+        let Some(before) = m.best().cloned() else { return false };
+        let count = m.sources.len();
         m.sources.retain(|s| s.replica != replica);
-        if m.sources.len() == before {
+        if m.sources.len() == count {
             return false;
         }
-        match Member::merge(user, &m.sources) {
+        match m.best() {
             None => {
                 self.members.remove(user);
             }
-            Some(shown) if shown == m.shown => return false,
-            Some(shown) => m.shown = shown,
+            Some(after) if after.shows_same(&before) => return false,
+            Some(_) => {}
         }
         self.mark(user, true);
         true
     }
 
-    /// Who would be in the window now, in window order.
-    fn window(&self, size: usize) -> Vec<&Arc<ShownEntry>> {
-        let mut all: Vec<&Arc<ShownEntry>> = self.members.values().map(|m| &m.shown).collect();
+    /// Who would be in the window now, in window order, as shown.
+    fn window(&self, size: usize) -> Vec<Arc<ShownEntry>> {
+        let mut all: Vec<(&UserId, &Arc<Entry>)> =
+            self.members.iter().filter_map(|(id, m)| Some((id, m.best()?))).collect();
         if all.len() > size {
-            all.select_nth_unstable_by(size - 1, window_cmp);
+            all.select_nth_unstable_by(size - 1, member_cmp);
             all.truncate(size);
         }
-        all.sort_unstable_by(window_cmp);
-        all
+        all.sort_unstable_by(member_cmp);
+        all.into_iter().map(|(id, e)| Arc::new(e.shown(id))).collect()
     }
 
     /// The published view is only kept up to date while someone listens; the first
     /// subscriber rebuilds it from the members (under a new `seq`).
     fn rebuild(&mut self, window: usize, now_ms: i64) {
-        let view = self.window(window).into_iter().map(|e| (e.id.clone(), e.clone())).collect();
+        let view = self.window(window).into_iter().map(|e| (e.id.clone(), e)).collect();
         self.view = view;
         self.count = self.members.len();
         self.dirty = HashMap::new();
@@ -282,7 +290,7 @@ impl<O: Outbox> Topic<O> {
             self.dirty = HashMap::new();
             return;
         }
-        let window: Vec<Arc<ShownEntry>> = self.window(limits.window).into_iter().cloned().collect();
+        let window = self.window(limits.window);
         let new_view: HashMap<UserId, Arc<ShownEntry>> = window.iter().map(|e| (e.id.clone(), e.clone())).collect();
         let mut joins = Vec::new();
         let mut updates = Vec::new();
