@@ -151,6 +151,9 @@ impl<O: Outbox> State<O> {
         let Some(entry) = u.entry.clone() else { return };
         let user = c.user.clone();
         let t = self.topics.entry(topic.clone()).or_insert_with(|| crate::topic::Topic::new(topic.clone()));
+        // The topic's own copy of the name, not the one this request allocated: the
+        // connection and the membership keep it for as long as they last.
+        let topic = t.name().clone();
         if let Some(r) = &req {
             let _ = c.outbox.send(&wire::ack(r));
         }

@@ -124,6 +124,11 @@ impl<O: Outbox> Topic<O> {
         }
     }
 
+    /// The topic's name; every membership and subscription of it shares this string.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     pub(crate) fn subscribers(&self) -> usize {
         self.plain.len() + self.guarded.len()
     }
