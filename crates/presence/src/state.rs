@@ -111,9 +111,10 @@ impl<O: Outbox> State<O> {
     }
 
     pub(crate) fn topic_upsert(&mut self, topic: &Arc<str>, user: &UserId, replica: ReplicaId, entry: &Arc<Entry>) {
-        let origin = if replica == LOCAL { self.me.clone() } else { self.peers.name_of(replica) };
+        let (me, peers) = (&self.me, &self.peers);
+        let origin_of = |r: ReplicaId| if r == LOCAL { me.clone() } else { peers.name_of(r) };
         let t = self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(topic.clone()));
-        if t.upsert(user, replica, &origin, entry) {
+        if t.upsert(user, replica, entry, origin_of) {
             self.dirty_topics.insert(topic.clone());
         }
     }

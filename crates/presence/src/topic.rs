@@ -23,26 +23,82 @@ pub(crate) fn no_blocks() -> Blocks {
     EMPTY.clone()
 }
 
-/// What one instance (replica) says about a member.
+/// What one instance (replica) says about a member that several instances have.
 struct Source {
     replica: ReplicaId,
     origin: Arc<str>,
     entry: Arc<Entry>,
 }
 
-/// A user in the topic: one record per instance that has them (never empty).
+/// A user in the topic: what each instance that has them says.
 ///
-/// The entry subscribers see is not kept here: it is built from the winning record when
-/// the user is in the window (`Topic::window`), so a member costs its map bucket and its
-/// sources, not also a shown entry of its own (112 bytes) that only the window needs.
-struct Member {
-    sources: Vec<Source>,
+/// Nearly every user is on one instance: that record is kept inline (16 bytes, so a
+/// `members` bucket is 32), with no allocation and without the instance's name, which only
+/// breaks ties between records. A user several instances have (connected to two, or moving)
+/// gets a boxed list, at least two long, with each instance's name, in the order the records
+/// arrived. The entry subscribers see is not kept either: it is built from the winning record
+/// when the user is in the window (`Topic::window`).
+enum Member {
+    One(ReplicaId, Arc<Entry>),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps `Member` at 16 bytes; a `Vec` or a boxed slice would make it 24"
+    )]
+    Many(Box<Vec<Source>>),
 }
 
 impl Member {
-    /// The record shown: the one that takes precedence (`Entry::precedence`).
+    /// The record shown: the one that takes precedence (`Entry::precedence`; of equals, the
+    /// last to arrive). `None` only for an empty list, which `forget` never leaves.
     fn best(&self) -> Option<&Arc<Entry>> {
-        self.sources.iter().max_by(|a, b| a.entry.precedence(&a.origin, &b.entry, &b.origin)).map(|s| &s.entry)
+        match self {
+            Member::One(_, entry) => Some(entry),
+            Member::Many(sources) => {
+                sources.iter().max_by(|a, b| a.entry.precedence(&a.origin, &b.entry, &b.origin)).map(|s| &s.entry)
+            }
+        }
+    }
+
+    /// Records what `replica` says; false if it said exactly that already. `origin_of` names
+    /// instances, for a user a second instance now has.
+    fn set(&mut self, replica: ReplicaId, entry: &Arc<Entry>, origin_of: impl Fn(ReplicaId) -> Arc<str>) -> bool {
+        match self {
+            Member::One(r, e) if *r == replica => {
+                if e == entry {
+                    return false;
+                }
+                *e = entry.clone();
+            }
+            Member::One(r, e) => {
+                let first = Source { replica: *r, origin: origin_of(*r), entry: e.clone() };
+                let second = Source { replica, origin: origin_of(replica), entry: entry.clone() };
+                *self = Member::Many(Box::new(vec![first, second]));
+            }
+            Member::Many(sources) => match sources.iter_mut().find(|s| s.replica == replica) {
+                Some(s) if s.entry == *entry => return false,
+                Some(s) => s.entry = entry.clone(),
+                None => sources.push(Source { replica, origin: origin_of(replica), entry: entry.clone() }),
+            },
+        }
+        true
+    }
+
+    /// Forgets what `replica` said: `None` if it said nothing, else whether no record is left.
+    fn forget(&mut self, replica: ReplicaId) -> Option<bool> {
+        match self {
+            Member::One(r, _) => (*r == replica).then_some(true),
+            Member::Many(sources) => {
+                let count = sources.len();
+                sources.retain(|s| s.replica != replica);
+                if sources.len() == count {
+                    return None;
+                }
+                if let [last] = sources.as_slice() {
+                    *self = Member::One(last.replica, last.entry.clone());
+                }
+                Some(false)
+            }
+        }
     }
 }
 
@@ -143,24 +199,25 @@ impl<O: Outbox> Topic<O> {
         self.dirty.entry(user.clone()).or_insert(was_member);
     }
 
-    /// Records what `replica` says about `user`; true if the shown entry changed.
-    pub(crate) fn upsert(&mut self, user: &UserId, replica: ReplicaId, origin: &Arc<str>, entry: &Arc<Entry>) -> bool {
-        let source = Source { replica, origin: origin.clone(), entry: entry.clone() };
+    /// Records what `replica` says about `user`; true if the shown entry changed. `origin_of`
+    /// names instances (`Member::set`).
+    pub(crate) fn upsert(
+        &mut self,
+        user: &UserId,
+        replica: ReplicaId,
+        entry: &Arc<Entry>,
+        origin_of: impl Fn(ReplicaId) -> Arc<str>,
+    ) -> bool {
         match self.members.get_mut(user) {
             Some(m) => {
                 let Some(before) = m.best().cloned() else { return false };
-                match m.sources.iter_mut().find(|s| s.replica == replica) {
-                    Some(s) if s.entry == source.entry => return false,
-                    Some(s) => *s = source,
-                    None => m.sources.push(source),
-                }
-                if m.best().is_none_or(|after| after.shows_same(&before)) {
+                if !m.set(replica, entry, origin_of) || m.best().is_none_or(|after| after.shows_same(&before)) {
                     return false;
                 }
                 self.mark(user, true);
             }
             None => {
-                self.members.insert(user.clone(), Member { sources: vec![source] });
+                self.members.insert(user.clone(), Member::One(replica, entry.clone()));
                 self.mark(user, false);
             }
         }
@@ -171,17 +228,13 @@ impl<O: Outbox> Topic<O> {
     pub(crate) fn remove(&mut self, user: &UserId, replica: ReplicaId) -> bool {
         let Some(m) = self.members.get_mut(user) else { return false };
         let Some(before) = m.best().cloned() else { return false };
-        let count = m.sources.len();
-        m.sources.retain(|s| s.replica != replica);
-        if m.sources.len() == count {
-            return false;
-        }
-        match m.best() {
-            None => {
+        match m.forget(replica) {
+            None => return false,
+            Some(true) => {
                 self.members.remove(user);
             }
-            Some(after) if after.shows_same(&before) => return false,
-            Some(_) => {}
+            Some(false) if m.best().is_none_or(|after| after.shows_same(&before)) => return false,
+            Some(false) => {}
         }
         self.mark(user, true);
         true
@@ -392,5 +445,49 @@ fn filtered(msg: &PresenceMessage, hidden: &[UserId], members: &HashMap<UserId, 
             tick_at: d.tick_at,
         }),
         PresenceMessage::Ack { .. } => msg.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Activity;
+
+    fn entry(activity: Activity, updated_at: i64) -> Arc<Entry> {
+        Arc::new(Entry {
+            profile: Arc::default(),
+            chosen: None,
+            status: None,
+            activity,
+            active_at: updated_at,
+            updated_at,
+        })
+    }
+
+    fn name(r: ReplicaId) -> Arc<str> {
+        ["me", "b", "c"][r as usize].into()
+    }
+
+    #[test]
+    fn a_member_keeps_one_record_inline_and_several_in_arrival_order() {
+        assert_eq!(std::mem::size_of::<Member>(), 16, "the layout described on `Member`");
+        let (old, new, call) = (entry(Activity::Idle, 1), entry(Activity::Idle, 2), entry(Activity::InCall, 0));
+        let mut m = Member::One(0, old.clone());
+        assert!(!m.set(0, &entry(Activity::Idle, 1), name), "the same record again");
+        assert!(m.set(0, &new, name) && matches!(m, Member::One(0, _)));
+        assert!(m.set(1, &call, name) && matches!(&m, Member::Many(s) if s.len() == 2 && &*s[1].origin == "b"));
+        assert!(Arc::ptr_eq(m.best().unwrap(), &call), "matchmaking activity wins");
+        assert_eq!(m.forget(2), None);
+        assert_eq!(m.forget(1), Some(false));
+        assert!(matches!(&m, Member::One(0, e) if Arc::ptr_eq(e, &new)), "one record left: inline again");
+        assert_eq!(m.forget(0), Some(true));
+
+        // Equal records from two runs of one instance: the last to arrive wins.
+        let (first, second) = (entry(Activity::Idle, 5), entry(Activity::Idle, 5));
+        let mut m = Member::One(1, first.clone());
+        m.set(2, &second, |_| "b".into());
+        assert!(Arc::ptr_eq(m.best().unwrap(), &second));
+        m.set(1, &entry(Activity::Idle, 6), |_| "b".into());
+        assert_eq!(m.best().unwrap().updated_at, 6);
     }
 }
