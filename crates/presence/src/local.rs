@@ -45,7 +45,7 @@ enum LookupState {
 
 /// A user with at least one connection here, or still inside the offline grace.
 pub(crate) struct LocalUser {
-    pub(crate) conns: Vec<u64>,
+    pub(crate) conns: SmallSet<u64>,
     lookup: LookupState,
     profile: Option<Arc<Profile>>,
     pub(crate) blocks: Blocks,
@@ -82,7 +82,7 @@ impl<O: Outbox> State<O> {
             let now_ms = self.clock.unix_ms(now);
             let seed = self.peers.latest_entry(&user);
             let u = LocalUser {
-                conns: Vec::new(),
+                conns: SmallSet::default(),
                 lookup: LookupState::Idle,
                 profile: None,
                 blocks: crate::topic::no_blocks(),
@@ -98,7 +98,7 @@ impl<O: Outbox> State<O> {
             self.users.insert(user.clone(), u);
         }
         let Some(u) = self.users.get_mut(&user) else { return };
-        u.conns.push(id);
+        u.conns.insert(id);
         if u.lookup == LookupState::Failed || (u.lookup == LookupState::Idle && u.profile.is_none()) {
             Self::start_lookup(&mut self.lookups, &mut self.lookup_seq, &user, u);
         }
@@ -236,7 +236,7 @@ impl<O: Outbox> State<O> {
         }
         let Some(c) = self.conns.remove(&conn_id) else { return };
         if let Some(u) = self.users.get_mut(&c.user) {
-            u.conns.retain(|&id| id != conn_id);
+            u.conns.remove(&conn_id);
         }
         self.forget_if_gone(&c.user);
     }
@@ -360,7 +360,7 @@ impl<O: Outbox> State<O> {
                 }
                 u.lookup = LookupState::Failed;
                 let conns = u.conns.clone();
-                for id in conns {
+                for &id in &conns {
                     let Some(c) = self.conns.get_mut(&id) else { continue };
                     for (topic, req) in std::mem::take(&mut c.pending) {
                         let msg = format!("cannot subscribe to `{topic}` right now: profile lookup failed; retry");
@@ -384,7 +384,7 @@ impl<O: Outbox> State<O> {
         u.blocks = blocks.clone();
         let conns = u.conns.clone();
         self.refresh_entry(user);
-        for id in conns {
+        for &id in &conns {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             let pending = std::mem::take(&mut c.pending);
             if reblock {

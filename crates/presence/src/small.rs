@@ -1,11 +1,13 @@
 //! A map and a set for the few topics one connection or user is in (at most
-//! `presence.max_subscriptions_per_connection` per connection): a `Vec` searched linearly
-//! costs one small allocation, where a `HashMap` costs a table of at least four buckets
-//! plus control bytes for every connection (BENCHMARKS.md, presence memory).
+//! `presence.max_subscriptions_per_connection` per connection) and a user's few connections
+//! here: a `Vec` searched linearly costs one small allocation, where a `HashMap` costs a
+//! table of at least four buckets plus control bytes for every connection (BENCHMARKS.md,
+//! presence memory).
 //!
-//! Most connections and users are in exactly one topic, so the first insertion allocates
-//! room for one element only (a plain `Vec::push` would allocate four: 64 bytes for a
-//! connection's topic names, 160 for a user's memberships); later ones grow as a `Vec` does.
+//! Most connections and users are in exactly one topic, and most users have one connection,
+//! so the first insertion allocates room for one element only (a plain `Vec::push` would
+//! allocate four: 64 bytes for a connection's topic names, 160 for a user's memberships, 32
+//! for their connection ids); later ones grow as a `Vec` does.
 
 use std::borrow::Borrow;
 
@@ -60,6 +62,10 @@ impl<T: PartialEq> SmallSet<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
