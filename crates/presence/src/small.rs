@@ -4,10 +4,10 @@
 //! table of at least four buckets plus control bytes for every connection (BENCHMARKS.md,
 //! presence memory).
 //!
-//! Most connections and users are in exactly one topic, and most users have one connection,
-//! so the first insertion allocates room for one element only (a plain `Vec::push` would
-//! allocate four: 64 bytes for a connection's topic names, 160 for a user's memberships, 32
-//! for their connection ids); later ones grow as a `Vec` does.
+//! Most connections and users are in exactly one topic, and most users have one connection:
+//! the set keeps a single element inline, and the map's first insertion allocates room for
+//! one element only (a plain `Vec::push` would allocate four: 160 bytes for a user's
+//! memberships); later ones grow as a `Vec` does.
 
 use std::borrow::Borrow;
 
@@ -19,13 +19,29 @@ fn push_first_exact<T>(v: &mut Vec<T>, value: T) {
     v.push(value);
 }
 
-/// A set kept in insertion order.
+/// A set kept in insertion order (until a removal, which moves the last element into the gap).
+///
+/// One element is kept inline, with no allocation: most connections are in one topic and
+/// most users have one connection. More are kept in a `Vec`. The `Vec`'s capacity has room
+/// for the tag, so the set is no larger than a `Vec`.
 #[derive(Debug, Clone)]
-pub(crate) struct SmallSet<T>(Vec<T>);
+pub(crate) enum SmallSet<T> {
+    One(T),
+    Many(Vec<T>),
+}
 
 impl<T> Default for SmallSet<T> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self::Many(Vec::new())
+    }
+}
+
+impl<T> SmallSet<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Self::One(v) => std::slice::from_ref(v),
+            Self::Many(v) => v,
+        }
     }
 }
 
@@ -34,15 +50,23 @@ impl<T: PartialEq> SmallSet<T> {
     where
         T: Borrow<Q>,
     {
-        self.0.iter().any(|v| v.borrow() == value)
+        self.as_slice().iter().any(|v| v.borrow() == value)
     }
 
     /// Adds `value`; false if it was there already.
     pub(crate) fn insert(&mut self, value: T) -> bool {
-        if self.0.contains(&value) {
+        if self.contains(&value) {
             return false;
         }
-        push_first_exact(&mut self.0, value);
+        match self {
+            Self::Many(v) if v.is_empty() => *self = Self::One(value),
+            Self::Many(v) => v.push(value),
+            Self::One(_) => {
+                if let Self::One(first) = std::mem::take(self) {
+                    *self = Self::Many(vec![first, value]);
+                }
+            }
+        }
         true
     }
 
@@ -51,21 +75,28 @@ impl<T: PartialEq> SmallSet<T> {
     where
         T: Borrow<Q>,
     {
-        match self.0.iter().position(|v| v.borrow() == value) {
-            Some(i) => {
-                self.0.swap_remove(i);
-                true
+        match self {
+            Self::One(v) if (*v).borrow() == value => *self = Self::default(),
+            Self::One(_) => return false,
+            Self::Many(v) => {
+                let Some(i) = v.iter().position(|v| v.borrow() == value) else { return false };
+                v.swap_remove(i);
+                if v.len() == 1 {
+                    if let Some(last) = v.pop() {
+                        *self = Self::One(last);
+                    }
+                }
             }
-            None => false,
         }
+        true
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_slice().is_empty()
     }
 }
 
@@ -73,7 +104,7 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
     type Item = &'a T;
     type IntoIter = std::slice::Iter<'a, T>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.as_slice().iter()
     }
 }
 
@@ -166,12 +197,19 @@ mod tests {
     }
 
     #[test]
-    fn the_first_insertion_allocates_one_slot() {
+    fn one_element_is_inline_and_the_first_map_insertion_allocates_one_slot() {
+        use std::sync::Arc;
+        assert_eq!(std::mem::size_of::<SmallSet<Arc<str>>>(), std::mem::size_of::<Vec<Arc<str>>>());
+        assert_eq!(std::mem::size_of::<SmallSet<u64>>(), std::mem::size_of::<Vec<u64>>());
         let mut s: SmallSet<u64> = SmallSet::default();
-        s.insert(1);
-        assert_eq!(s.0.capacity(), 1);
-        s.insert(2);
-        assert!(s.0.capacity() >= 2);
+        assert!(s.insert(1) && matches!(s, SmallSet::One(1)));
+        assert!(s.insert(2) && s.insert(3) && !s.insert(1));
+        assert_eq!(s.into_iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(s.remove(&1) && s.remove(&3) && !s.remove(&1));
+        assert!(matches!(s, SmallSet::One(2)) && s.contains(&2) && s.len() == 1);
+        assert!(s.remove(&2) && s.is_empty() && !s.contains(&2));
+        assert!(s.insert(4) && matches!(s, SmallSet::One(4)));
+
         let mut m: SmallMap<u64, u64> = SmallMap::default();
         m.get_or_insert(1, 1);
         assert_eq!(m.0.capacity(), 1);
