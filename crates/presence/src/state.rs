@@ -74,8 +74,10 @@ pub(crate) struct State<O> {
     pub(crate) dirty_topics: HashSet<Arc<str>>,
     pub(crate) conns: HashMap<u64, Conn<O>>,
     pub(crate) users: HashMap<UserId, LocalUser>,
-    /// Memberships whose last subscribed connection closed, by deadline; stale rows are skipped.
-    pub(crate) lingering: BTreeSet<(Instant, UserId, Arc<str>)>,
+    /// Memberships whose last subscribed connection closed, by deadline, each row numbered
+    /// from `linger_seq`; stale rows (the membership was taken up again) are skipped.
+    pub(crate) lingering: BTreeSet<(Instant, UserId, Arc<str>, u64)>,
+    pub(crate) linger_seq: u64,
     pub(crate) outgoing: Outgoing,
     pub(crate) peers: Peers,
     pub(crate) lookups: Vec<LookupRequest>,
@@ -101,6 +103,7 @@ impl<O: Outbox> State<O> {
             conns: HashMap::new(),
             users: HashMap::new(),
             lingering: BTreeSet::new(),
+            linger_seq: 0,
             outgoing: Outgoing::default(),
             lookups: Vec::new(),
             lookup_seq: 0,
