@@ -240,7 +240,8 @@ impl<O: Outbox> Topic<O> {
         true
     }
 
-    /// Who would be in the window now, in window order, as shown.
+    /// Who would be in the window now, in window order, as shown. Entries shown unchanged
+    /// since the last publication are the published ones, not new allocations.
     fn window(&self, size: usize) -> Vec<Arc<ShownEntry>> {
         let mut all: Vec<(&UserId, &Arc<Entry>)> =
             self.members.iter().filter_map(|(id, m)| Some((id, m.best()?))).collect();
@@ -249,7 +250,14 @@ impl<O: Outbox> Topic<O> {
             all.truncate(size);
         }
         all.sort_unstable_by(member_cmp);
-        all.into_iter().map(|(id, e)| Arc::new(e.shown(id))).collect()
+        let shown = |(id, e): (&UserId, &Arc<Entry>)| {
+            let shown = e.shown(id);
+            match self.view.get(id) {
+                Some(published) if **published == shown => published.clone(),
+                _ => Arc::new(shown),
+            }
+        };
+        all.into_iter().map(shown).collect()
     }
 
     /// The published view is only kept up to date while someone listens; the first
