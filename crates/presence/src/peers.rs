@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::entry::{Entry, UserId};
+use crate::small::SmallSet;
 use crate::state::State;
 use crate::topic::ReplicaId;
 use rendezvous_gateway::Outbox;
@@ -58,7 +59,10 @@ struct Replica {
     retire_at: Option<Instant>,
     requested_at: Option<Instant>,
     users: HashMap<UserId, Arc<Entry>>,
-    topics_of: HashMap<UserId, HashSet<Arc<str>>>,
+    /// The topics each of its users is in: one for nearly all, so a `SmallSet` (inline, no
+    /// allocation) rather than a `HashSet` (a 48-byte header plus a table of four buckets).
+    /// Keys are the same strings as in `users`.
+    topics_of: HashMap<UserId, SmallSet<Arc<str>>>,
 }
 
 pub(crate) struct Peers {
@@ -226,9 +230,10 @@ impl<O: Outbox> State<O> {
         }
         for (topic, users) in joins {
             for user in users {
-                let Some(entry) = r.users.get(&user) else { continue };
+                // The id as `users` holds it: the copy in this list is dropped with the message.
+                let Some((user, entry)) = r.users.get_key_value(&user) else { continue };
                 if r.topics_of.entry(user.clone()).or_default().insert(topic.clone()) {
-                    upserts.push((topic.clone(), user, entry.clone()));
+                    upserts.push((topic.clone(), user.clone(), entry.clone()));
                 }
             }
         }
@@ -246,10 +251,12 @@ impl<O: Outbox> State<O> {
         topics: HashMap<Arc<str>, Vec<UserId>>,
     ) {
         let Some(r) = self.peers.replicas.get_mut(&id) else { return };
-        let mut topics_of: HashMap<UserId, HashSet<Arc<str>>> = HashMap::new();
+        let mut topics_of: HashMap<UserId, SmallSet<Arc<str>>> = HashMap::new();
         for (topic, users) in topics {
-            for user in users.into_iter().filter(|u| entries.contains_key(u)) {
-                topics_of.entry(user).or_default().insert(topic.clone());
+            for user in users {
+                // The id as `entries` holds it, shared with `users` below.
+                let Some((user, _)) = entries.get_key_value(&user) else { continue };
+                topics_of.entry(user.clone()).or_default().insert(topic.clone());
             }
         }
         let mut removes = Vec::new();

@@ -1,6 +1,6 @@
-//! A map and a set for the few topics one connection or user is in (at most
-//! `presence.max_subscriptions_per_connection` per connection) and a user's few connections
-//! here: a `Vec` searched linearly costs one small allocation, where a `HashMap` costs a
+//! A map and a set for the few topics one connection or user (local or remote) is in (at
+//! most `presence.max_subscriptions_per_connection` per connection) and a user's few
+//! connections here: a `Vec` searched linearly costs one small allocation, where a `HashMap` costs a
 //! table of at least four buckets plus control bytes for every connection (BENCHMARKS.md,
 //! presence memory).
 //!
@@ -91,12 +91,27 @@ impl<T: PartialEq> SmallSet<T> {
         true
     }
 
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.as_slice().iter()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.as_slice().len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.as_slice().is_empty()
+    }
+}
+
+impl<T> IntoIterator for SmallSet<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Self::One(v) => Some(v).into_iter().chain(Vec::new()),
+            Self::Many(v) => None.into_iter().chain(v),
+        }
     }
 }
 
@@ -179,7 +194,7 @@ mod tests {
         assert!(s.insert("a".into()) && s.insert("b".into()) && !s.insert("a".into()));
         assert!(s.contains("a") && s.len() == 2);
         assert!(s.remove("a") && !s.remove("a") && !s.contains("a"));
-        assert_eq!(s.into_iter().map(|t| &**t).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(s.iter().map(|t| &**t).collect::<Vec<_>>(), ["b"]);
 
         let mut m: SmallMap<std::sync::Arc<str>, u32> = SmallMap::default();
         *m.get_or_insert("t".into(), 0) += 1;
@@ -204,11 +219,13 @@ mod tests {
         let mut s: SmallSet<u64> = SmallSet::default();
         assert!(s.insert(1) && matches!(s, SmallSet::One(1)));
         assert!(s.insert(2) && s.insert(3) && !s.insert(1));
-        assert_eq!(s.into_iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(s.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(s.clone().into_iter().collect::<Vec<_>>(), [1, 2, 3]);
         assert!(s.remove(&1) && s.remove(&3) && !s.remove(&1));
         assert!(matches!(s, SmallSet::One(2)) && s.contains(&2) && s.len() == 1);
         assert!(s.remove(&2) && s.is_empty() && !s.contains(&2));
         assert!(s.insert(4) && matches!(s, SmallSet::One(4)));
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), [4]);
 
         let mut m: SmallMap<u64, u64> = SmallMap::default();
         m.get_or_insert(1, 1);
