@@ -382,11 +382,13 @@ impl<O: Outbox> State<O> {
             Arc::new(lookup.blocks.iter().map(|b| Arc::<str>::from(b.as_str())).collect())
         };
         let reblock = u.profile.is_some() && *blocks != *u.blocks;
-        u.profile = Some(Arc::new(lookup.profile.unwrap_or_else(|| Profile {
+        let mut profile = lookup.profile.unwrap_or_else(|| Profile {
             display_name: user.clone(),
             gender: "unspecified".into(),
             selfie_url: None,
-        })));
+        });
+        self.shared_strings.share_profile(&mut profile);
+        u.profile = Some(Arc::new(profile));
         u.blocks = blocks.clone();
         let conns = u.conns.clone();
         self.refresh_entry(user);

@@ -194,8 +194,9 @@ impl<O: Outbox> State<O> {
                     self.peers.want_sync(id, now, retry);
                 }
             }
-            PeerMessage::Delta { seq: theirs, entries, joins, leaves, .. } => {
+            PeerMessage::Delta { seq: theirs, mut entries, joins, leaves, .. } => {
                 if synced && theirs == seq + 1 {
+                    self.share_strings(&mut entries);
                     self.apply_delta(id, theirs, entries, joins, leaves);
                 } else if !synced || theirs > seq {
                     self.peers.want_sync(id, now, retry);
@@ -204,11 +205,24 @@ impl<O: Outbox> State<O> {
             // An older full state than what we have would step back; the bus keeps order, so
             // this only happens when an answer to someone else's request crosses our deltas.
             PeerMessage::Full { seq: theirs, .. } if synced && theirs < seq => {}
-            PeerMessage::Full { seq: theirs, entries, topics, .. } => self.apply_full(id, theirs, entries, topics),
+            PeerMessage::Full { seq: theirs, mut entries, topics, .. } => {
+                self.share_strings(&mut entries);
+                self.apply_full(id, theirs, entries, topics);
+            }
             PeerMessage::SyncRequest { target, .. } => {
                 if target.is_none_or(|t| *t == *self.me) {
                     self.outgoing.full_requested = true;
                 }
+            }
+        }
+    }
+
+    /// Shares the repeated profile strings of records just received (each still the only
+    /// reference to its profile).
+    fn share_strings(&mut self, entries: &mut HashMap<UserId, Arc<Entry>>) {
+        for entry in entries.values_mut() {
+            if let Some(profile) = Arc::get_mut(entry).and_then(|e| Arc::get_mut(&mut e.profile)) {
+                self.shared_strings.share_profile(profile);
             }
         }
     }

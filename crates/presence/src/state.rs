@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::PresenceConfig;
+use crate::directory::SharedStrings;
 use crate::entry::{Entry, UserId};
 use crate::local::{Conn, LocalUser};
 use crate::peers::{PeerMessage, Peers};
@@ -82,6 +83,8 @@ pub(crate) struct State<O> {
     pub(crate) peers: Peers,
     pub(crate) lookups: Vec<LookupRequest>,
     pub(crate) lookup_seq: u64,
+    /// Genders, shared by local profiles and remote records.
+    pub(crate) shared_strings: SharedStrings,
     pub(crate) stats: Arc<StatsCell>,
     tick_samples: VecDeque<u64>,
     rate_samples: VecDeque<u64>,
@@ -107,6 +110,7 @@ impl<O: Outbox> State<O> {
             outgoing: Outgoing::default(),
             lookups: Vec::new(),
             lookup_seq: 0,
+            shared_strings: SharedStrings::default(),
             stats,
             tick_samples: VecDeque::with_capacity(TICK_SAMPLES),
             rate_samples: VecDeque::with_capacity(RATE_TICKS),
