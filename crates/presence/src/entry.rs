@@ -99,6 +99,24 @@ impl Entry {
         (self.activity.rank(), self.updated_at, origin).cmp(&(other.activity.rank(), other.updated_at, other_origin))
     }
 
+    /// Window order of the entry `shown(id)` would return (see [`ShownEntry::window_key`]),
+    /// without building it.
+    pub(crate) fn window_key<'a>(&self, id: &'a str) -> (u8, Reverse<i64>, &'a str) {
+        (self.state().window_rank(), Reverse(self.active_at), id)
+    }
+
+    /// Whether `shown` returns equal entries for `self` and `other` (same id), without
+    /// building either: topics keep records, not shown entries, and compare them this way.
+    pub(crate) fn shows_same(&self, other: &Entry) -> bool {
+        let (a, b) = (&*self.profile, &*other.profile);
+        self.state() == other.state()
+            && self.active_at == other.active_at
+            && self.status == other.status
+            && a.display_name == b.display_name
+            && a.gender == b.gender
+            && a.selfie_url == b.selfie_url
+    }
+
     /// The client-facing entry.
     pub(crate) fn shown(&self, id: &UserId) -> ShownEntry {
         ShownEntry {
@@ -172,6 +190,35 @@ mod tests {
         let newer = entry(Activity::Idle, None, 10);
         assert_eq!(new_idle.precedence("z", &newer, "a"), Ordering::Less);
         assert_eq!(newer.precedence("b", &newer, "a"), Ordering::Greater);
+    }
+
+    #[test]
+    fn shows_same_and_window_key_agree_with_the_shown_entry() {
+        let id: UserId = "u".into();
+        let base = entry(Activity::Idle, None, 5);
+        let named = |name: &str| Arc::new(Profile { display_name: name.into(), ..Profile::default() });
+        let variants = [
+            base.clone(),
+            Entry { updated_at: 9, ..base.clone() },
+            Entry { profile: Arc::new(Profile::default()), ..base.clone() },
+            Entry { profile: named("x"), ..base.clone() },
+            Entry { profile: Arc::new(Profile { gender: "g".into(), ..Profile::default() }), ..base.clone() },
+            Entry { profile: Arc::new(Profile { selfie_url: Some("s".into()), ..Profile::default() }), ..base.clone() },
+            Entry { chosen: Some(SettableState::Away), ..base.clone() },
+            Entry { chosen: Some(SettableState::Away), updated_at: 7, ..base.clone() },
+            Entry { activity: Activity::InCall, ..base.clone() },
+            Entry { activity: Activity::InCall, chosen: Some(SettableState::Away), ..base.clone() },
+            Entry { status: Some("hi".into()), ..base.clone() },
+            Entry { active_at: 6, ..base.clone() },
+        ];
+        for a in &variants {
+            assert_eq!(a.window_key(&id), a.shown(&id).window_key());
+            for b in &variants {
+                assert_eq!(a.shows_same(b), a.shown(&id) == b.shown(&id), "{a:?} vs {b:?}");
+            }
+        }
+        // Not vacuous: both outcomes occur.
+        assert!(variants[0].shows_same(&variants[1]) && !variants[0].shows_same(&variants[3]));
     }
 
     #[test]

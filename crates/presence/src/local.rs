@@ -1,6 +1,7 @@
 //! This instance's connections and users: subscriptions, chosen state, the offline grace,
 //! and the profile/block lookups that gate a first subscription.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use rendezvous_protocol::{RequestId, SettableState};
@@ -24,10 +25,14 @@ pub(crate) struct Conn<O> {
 }
 
 /// A user's membership of one topic, held by their subscribed connections or by the grace period.
+///
+/// 16 bytes, so that with its topic name it fills a 32-byte allocation: the grace period's
+/// deadline is in the `lingering` row, which this names by number instead of by deadline.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Membership {
     conns: u32,
-    linger_until: Option<Instant>,
+    /// While no connection holds it: the number of the `lingering` row that ends it.
+    linger: Option<NonZeroU64>,
 }
 
 /// Where the user's profile/block lookup stands.
@@ -45,7 +50,7 @@ enum LookupState {
 
 /// A user with at least one connection here, or still inside the offline grace.
 pub(crate) struct LocalUser {
-    pub(crate) conns: Vec<u64>,
+    pub(crate) conns: SmallSet<u64>,
     lookup: LookupState,
     profile: Option<Arc<Profile>>,
     pub(crate) blocks: Blocks,
@@ -82,7 +87,7 @@ impl<O: Outbox> State<O> {
             let now_ms = self.clock.unix_ms(now);
             let seed = self.peers.latest_entry(&user);
             let u = LocalUser {
-                conns: Vec::new(),
+                conns: SmallSet::default(),
                 lookup: LookupState::Idle,
                 profile: None,
                 blocks: crate::topic::no_blocks(),
@@ -98,7 +103,7 @@ impl<O: Outbox> State<O> {
             self.users.insert(user.clone(), u);
         }
         let Some(u) = self.users.get_mut(&user) else { return };
-        u.conns.push(id);
+        u.conns.insert(id);
         if u.lookup == LookupState::Failed || (u.lookup == LookupState::Idle && u.profile.is_none()) {
             Self::start_lookup(&mut self.lookups, &mut self.lookup_seq, &user, u);
         }
@@ -151,6 +156,9 @@ impl<O: Outbox> State<O> {
         let Some(entry) = u.entry.clone() else { return };
         let user = c.user.clone();
         let t = self.topics.entry(topic.clone()).or_insert_with(|| crate::topic::Topic::new(topic.clone()));
+        // The topic's own copy of the name, not the one this request allocated: the
+        // connection and the membership keep it for as long as they last.
+        let topic = t.name().clone();
         if let Some(r) = &req {
             let _ = c.outbox.send(&wire::ack(r));
         }
@@ -162,10 +170,10 @@ impl<O: Outbox> State<O> {
         if !c.topics.insert(topic.clone()) {
             return; // a re-subscription only wanted the fresh snapshot
         }
-        let m = u.topics.get_or_insert(topic.clone(), Membership { conns: 0, linger_until: None });
+        let m = u.topics.get_or_insert(topic.clone(), Membership { conns: 0, linger: None });
         m.conns += 1;
-        let joined = m.conns == 1 && m.linger_until.is_none();
-        m.linger_until = None;
+        let joined = m.conns == 1 && m.linger.is_none();
+        m.linger = None;
         if joined {
             self.outgoing.memberships.insert((topic.clone(), user.clone()), true);
             self.outgoing.users.insert(user.clone());
@@ -210,8 +218,9 @@ impl<O: Outbox> State<O> {
         }
         match linger {
             Some(deadline) if !self.grace.is_zero() => {
-                m.linger_until = Some(deadline);
-                self.lingering.insert((deadline, user, topic.clone()));
+                self.linger_seq += 1;
+                m.linger = NonZeroU64::new(self.linger_seq);
+                self.lingering.insert((deadline, user, topic.clone(), self.linger_seq));
             }
             _ => self.leave(&user, topic),
         }
@@ -233,7 +242,7 @@ impl<O: Outbox> State<O> {
         }
         let Some(c) = self.conns.remove(&conn_id) else { return };
         if let Some(u) = self.users.get_mut(&c.user) {
-            u.conns.retain(|&id| id != conn_id);
+            u.conns.remove(&conn_id);
         }
         self.forget_if_gone(&c.user);
     }
@@ -246,10 +255,10 @@ impl<O: Outbox> State<O> {
 
     /// Ends memberships whose grace period is over.
     pub(crate) fn expire_lingering(&mut self, now: Instant) {
-        while self.lingering.first().is_some_and(|(deadline, _, _)| *deadline <= now) {
-            let Some((deadline, user, topic)) = self.lingering.pop_first() else { break };
-            let due = self.users.get(&user).and_then(|u| u.topics.get(&topic)).and_then(|m| m.linger_until);
-            if due == Some(deadline) {
+        while self.lingering.first().is_some_and(|(deadline, ..)| *deadline <= now) {
+            let Some((_, user, topic, row)) = self.lingering.pop_first() else { break };
+            let due = self.users.get(&user).and_then(|u| u.topics.get(&topic)).and_then(|m| m.linger);
+            if due.is_some_and(|due| due.get() == row) {
                 self.leave(&user, &topic);
                 self.collect_topic(&topic);
                 self.forget_if_gone(&user);
@@ -357,7 +366,7 @@ impl<O: Outbox> State<O> {
                 }
                 u.lookup = LookupState::Failed;
                 let conns = u.conns.clone();
-                for id in conns {
+                for &id in &conns {
                     let Some(c) = self.conns.get_mut(&id) else { continue };
                     for (topic, req) in std::mem::take(&mut c.pending) {
                         let msg = format!("cannot subscribe to `{topic}` right now: profile lookup failed; retry");
@@ -373,15 +382,17 @@ impl<O: Outbox> State<O> {
             Arc::new(lookup.blocks.iter().map(|b| Arc::<str>::from(b.as_str())).collect())
         };
         let reblock = u.profile.is_some() && *blocks != *u.blocks;
-        u.profile = Some(Arc::new(lookup.profile.unwrap_or_else(|| Profile {
+        let mut profile = lookup.profile.unwrap_or_else(|| Profile {
             display_name: user.clone(),
             gender: "unspecified".into(),
             selfie_url: None,
-        })));
+        });
+        self.shared_strings.share_profile(&mut profile);
+        u.profile = Some(Arc::new(profile));
         u.blocks = blocks.clone();
         let conns = u.conns.clone();
         self.refresh_entry(user);
-        for id in conns {
+        for &id in &conns {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             let pending = std::mem::take(&mut c.pending);
             if reblock {
@@ -395,5 +406,15 @@ impl<O: Outbox> State<O> {
                 self.join(id, topic, req);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_membership_and_its_topic_name_fill_32_bytes() {
+        assert_eq!(std::mem::size_of::<(Arc<str>, Membership)>(), 32, "the layout described on `Membership`");
     }
 }

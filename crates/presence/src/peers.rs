@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::entry::{Entry, UserId};
+use crate::small::SmallSet;
 use crate::state::State;
 use crate::topic::ReplicaId;
 use rendezvous_gateway::Outbox;
@@ -57,8 +58,23 @@ struct Replica {
     /// not flicker while they reconnect.
     retire_at: Option<Instant>,
     requested_at: Option<Instant>,
-    users: HashMap<UserId, Arc<Entry>>,
-    topics_of: HashMap<UserId, HashSet<Arc<str>>>,
+    /// Its users that are in at least one topic; one map for records and topics, so one
+    /// bucket and one id string per user.
+    users: HashMap<UserId, RemoteUser>,
+}
+
+/// One of another instance's users.
+struct RemoteUser {
+    entry: Arc<Entry>,
+    /// One topic for nearly everyone: a `SmallSet` keeps it inline, where a `HashSet` would
+    /// cost a 48-byte header plus a table of four buckets.
+    topics: SmallSet<Arc<str>>,
+}
+
+impl RemoteUser {
+    fn new(entry: Arc<Entry>) -> Self {
+        Self { entry, topics: SmallSet::default() }
+    }
 }
 
 pub(crate) struct Peers {
@@ -93,7 +109,7 @@ impl Peers {
 
     /// The newest record any other instance has for `user`.
     pub(crate) fn latest_entry(&self, user: &UserId) -> Option<Arc<Entry>> {
-        self.replicas.values().filter_map(|r| r.users.get(user)).max_by_key(|e| e.updated_at).cloned()
+        self.replicas.values().filter_map(|r| r.users.get(user)).map(|u| &u.entry).max_by_key(|e| e.updated_at).cloned()
     }
 
     /// The bus delivered nothing for a while, or lost messages: everyone must resend.
@@ -151,7 +167,6 @@ impl Peers {
                 retire_at: None,
                 requested_at: None,
                 users: HashMap::new(),
-                topics_of: HashMap::new(),
             },
         );
         self.current.insert(name.clone(), id);
@@ -179,8 +194,9 @@ impl<O: Outbox> State<O> {
                     self.peers.want_sync(id, now, retry);
                 }
             }
-            PeerMessage::Delta { seq: theirs, entries, joins, leaves, .. } => {
+            PeerMessage::Delta { seq: theirs, mut entries, joins, leaves, .. } => {
                 if synced && theirs == seq + 1 {
+                    self.share_strings(&mut entries);
                     self.apply_delta(id, theirs, entries, joins, leaves);
                 } else if !synced || theirs > seq {
                     self.peers.want_sync(id, now, retry);
@@ -189,11 +205,24 @@ impl<O: Outbox> State<O> {
             // An older full state than what we have would step back; the bus keeps order, so
             // this only happens when an answer to someone else's request crosses our deltas.
             PeerMessage::Full { seq: theirs, .. } if synced && theirs < seq => {}
-            PeerMessage::Full { seq: theirs, entries, topics, .. } => self.apply_full(id, theirs, entries, topics),
+            PeerMessage::Full { seq: theirs, mut entries, topics, .. } => {
+                self.share_strings(&mut entries);
+                self.apply_full(id, theirs, entries, topics);
+            }
             PeerMessage::SyncRequest { target, .. } => {
                 if target.is_none_or(|t| *t == *self.me) {
                     self.outgoing.full_requested = true;
                 }
+            }
+        }
+    }
+
+    /// Shares the repeated profile strings of records just received (each still the only
+    /// reference to its profile).
+    fn share_strings(&mut self, entries: &mut HashMap<UserId, Arc<Entry>>) {
+        for entry in entries.values_mut() {
+            if let Some(profile) = Arc::get_mut(entry).and_then(|e| Arc::get_mut(&mut e.profile)) {
+                self.shared_strings.share_profile(profile);
             }
         }
     }
@@ -213,28 +242,35 @@ impl<O: Outbox> State<O> {
         // Leaves first, so a new record is applied only to the topics the user is still in.
         for (topic, users) in leaves {
             for user in users {
-                if r.topics_of.get_mut(&user).is_some_and(|ts| ts.remove(&topic)) {
+                if r.users.get_mut(&user).is_some_and(|u| u.topics.remove(&topic)) {
                     removes.push((topic.clone(), user));
                 }
             }
         }
         for (user, entry) in entries {
-            for t in r.topics_of.get(&user).into_iter().flatten() {
-                upserts.push((t.clone(), user.clone(), entry.clone()));
-            }
-            r.users.insert(user, entry);
-        }
-        for (topic, users) in joins {
-            for user in users {
-                let Some(entry) = r.users.get(&user) else { continue };
-                if r.topics_of.entry(user.clone()).or_default().insert(topic.clone()) {
-                    upserts.push((topic.clone(), user, entry.clone()));
+            match r.users.get_mut(&user) {
+                Some(u) => {
+                    for t in &u.topics {
+                        upserts.push((t.clone(), user.clone(), entry.clone()));
+                    }
+                    u.entry = entry;
+                }
+                None => {
+                    r.users.insert(user, RemoteUser::new(entry));
                 }
             }
         }
-        r.topics_of.retain(|_, ts| !ts.is_empty());
-        let topics_of = &r.topics_of;
-        r.users.retain(|u, _| topics_of.contains_key(u));
+        for (topic, users) in joins {
+            for user in users {
+                // The id as `users` holds it: the copy in this list is dropped with the message.
+                let Some(user) = r.users.get_key_value(&user).map(|(k, _)| k.clone()) else { continue };
+                let Some(u) = r.users.get_mut(&user) else { continue };
+                if u.topics.insert(topic.clone()) {
+                    upserts.push((topic.clone(), user, u.entry.clone()));
+                }
+            }
+        }
+        r.users.retain(|_, u| !u.topics.is_empty());
         self.apply(id, removes, upserts);
     }
 
@@ -246,26 +282,29 @@ impl<O: Outbox> State<O> {
         topics: HashMap<Arc<str>, Vec<UserId>>,
     ) {
         let Some(r) = self.peers.replicas.get_mut(&id) else { return };
-        let mut topics_of: HashMap<UserId, HashSet<Arc<str>>> = HashMap::new();
-        for (topic, users) in topics {
-            for user in users.into_iter().filter(|u| entries.contains_key(u)) {
-                topics_of.entry(user).or_default().insert(topic.clone());
+        let mut users: HashMap<UserId, RemoteUser> =
+            entries.into_iter().map(|(user, entry)| (user, RemoteUser::new(entry))).collect();
+        for (topic, ids) in topics {
+            for user in ids {
+                if let Some(u) = users.get_mut(&user) {
+                    u.topics.insert(topic.clone());
+                }
             }
         }
+        users.retain(|_, u| !u.topics.is_empty());
         let mut removes = Vec::new();
-        for (user, old) in &r.topics_of {
-            for t in old.iter().filter(|t| !topics_of.get(user).is_some_and(|new| new.contains(*t))) {
+        for (user, old) in &r.users {
+            for t in old.topics.iter().filter(|t| !users.get(user).is_some_and(|new| new.topics.contains(*t))) {
                 removes.push((t.clone(), user.clone()));
             }
         }
         let mut upserts = Vec::new();
-        for (user, ts) in &topics_of {
-            for t in ts {
-                upserts.push((t.clone(), user.clone(), entries[user].clone()));
+        for (user, u) in &users {
+            for t in &u.topics {
+                upserts.push((t.clone(), user.clone(), u.entry.clone()));
             }
         }
-        r.users = entries.into_iter().filter(|(u, _)| topics_of.contains_key(u)).collect();
-        r.topics_of = topics_of;
+        r.users = users;
         r.seq = seq;
         r.synced = true;
         r.requested_at = None;
@@ -301,7 +340,7 @@ impl<O: Outbox> State<O> {
                 tracing::info!(instance = %r.name, "presence: instance timed out; dropping its users");
             }
             let removes =
-                r.topics_of.into_iter().flat_map(|(u, ts)| ts.into_iter().map(move |t| (t, u.clone()))).collect();
+                r.users.into_iter().flat_map(|(id, u)| u.topics.into_iter().map(move |t| (t, id.clone()))).collect();
             self.apply(id, removes, Vec::new());
         }
     }

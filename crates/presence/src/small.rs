@@ -1,17 +1,47 @@
-//! A map and a set for the few topics one connection or user is in (at most
-//! `presence.max_subscriptions_per_connection` per connection): a `Vec` searched linearly
-//! costs one small allocation, where a `HashMap` costs a table of at least four buckets
-//! plus control bytes for every connection (BENCHMARKS.md, presence memory).
+//! A map and a set for the few topics one connection or user (local or remote) is in (at
+//! most `presence.max_subscriptions_per_connection` per connection) and a user's few
+//! connections here: a `Vec` searched linearly costs one small allocation, where a `HashMap` costs a
+//! table of at least four buckets plus control bytes for every connection (BENCHMARKS.md,
+//! presence memory).
+//!
+//! Most connections and users are in exactly one topic, and most users have one connection:
+//! the set keeps a single element inline, and the map's first insertion allocates room for
+//! one element only (a plain `Vec::push` would allocate four: 128 bytes instead of 32 for a
+//! user's memberships); later ones grow as a `Vec` does.
 
 use std::borrow::Borrow;
 
-/// A set kept in insertion order.
+/// Appends `value`, allocating room for exactly one element if `v` has none.
+fn push_first_exact<T>(v: &mut Vec<T>, value: T) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(value);
+}
+
+/// A set kept in insertion order (until a removal, which moves the last element into the gap).
+///
+/// One element is kept inline, with no allocation: most connections are in one topic and
+/// most users have one connection. More are kept in a `Vec`. The `Vec`'s capacity has room
+/// for the tag, so the set is no larger than a `Vec`.
 #[derive(Debug, Clone)]
-pub(crate) struct SmallSet<T>(Vec<T>);
+pub(crate) enum SmallSet<T> {
+    One(T),
+    Many(Vec<T>),
+}
 
 impl<T> Default for SmallSet<T> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self::Many(Vec::new())
+    }
+}
+
+impl<T> SmallSet<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Self::One(v) => std::slice::from_ref(v),
+            Self::Many(v) => v,
+        }
     }
 }
 
@@ -20,15 +50,23 @@ impl<T: PartialEq> SmallSet<T> {
     where
         T: Borrow<Q>,
     {
-        self.0.iter().any(|v| v.borrow() == value)
+        self.as_slice().iter().any(|v| v.borrow() == value)
     }
 
     /// Adds `value`; false if it was there already.
     pub(crate) fn insert(&mut self, value: T) -> bool {
-        if self.0.contains(&value) {
+        if self.contains(&value) {
             return false;
         }
-        self.0.push(value);
+        match self {
+            Self::Many(v) if v.is_empty() => *self = Self::One(value),
+            Self::Many(v) => v.push(value),
+            Self::One(_) => {
+                if let Self::One(first) = std::mem::take(self) {
+                    *self = Self::Many(vec![first, value]);
+                }
+            }
+        }
         true
     }
 
@@ -37,17 +75,43 @@ impl<T: PartialEq> SmallSet<T> {
     where
         T: Borrow<Q>,
     {
-        match self.0.iter().position(|v| v.borrow() == value) {
-            Some(i) => {
-                self.0.swap_remove(i);
-                true
+        match self {
+            Self::One(v) if (*v).borrow() == value => *self = Self::default(),
+            Self::One(_) => return false,
+            Self::Many(v) => {
+                let Some(i) = v.iter().position(|v| v.borrow() == value) else { return false };
+                v.swap_remove(i);
+                if v.len() == 1 {
+                    if let Some(last) = v.pop() {
+                        *self = Self::One(last);
+                    }
+                }
             }
-            None => false,
         }
+        true
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.as_slice().iter()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl<T> IntoIterator for SmallSet<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Self::One(v) => Some(v).into_iter().chain(Vec::new()),
+            Self::Many(v) => None.into_iter().chain(v),
+        }
     }
 }
 
@@ -55,7 +119,7 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
     type Item = &'a T;
     type IntoIter = std::slice::Iter<'a, T>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.as_slice().iter()
     }
 }
 
@@ -96,7 +160,7 @@ impl<K: PartialEq, V> SmallMap<K, V> {
         let i = match self.0.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                self.0.push((key, value));
+                push_first_exact(&mut self.0, (key, value));
                 self.0.len() - 1
             }
         };
@@ -130,7 +194,7 @@ mod tests {
         assert!(s.insert("a".into()) && s.insert("b".into()) && !s.insert("a".into()));
         assert!(s.contains("a") && s.len() == 2);
         assert!(s.remove("a") && !s.remove("a") && !s.contains("a"));
-        assert_eq!(s.into_iter().map(|t| &**t).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(s.iter().map(|t| &**t).collect::<Vec<_>>(), ["b"]);
 
         let mut m: SmallMap<std::sync::Arc<str>, u32> = SmallMap::default();
         *m.get_or_insert("t".into(), 0) += 1;
@@ -145,5 +209,26 @@ mod tests {
         assert!(!m.is_empty());
         m.remove("u");
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn one_element_is_inline_and_the_first_map_insertion_allocates_one_slot() {
+        use std::sync::Arc;
+        assert_eq!(std::mem::size_of::<SmallSet<Arc<str>>>(), std::mem::size_of::<Vec<Arc<str>>>());
+        assert_eq!(std::mem::size_of::<SmallSet<u64>>(), std::mem::size_of::<Vec<u64>>());
+        let mut s: SmallSet<u64> = SmallSet::default();
+        assert!(s.insert(1) && matches!(s, SmallSet::One(1)));
+        assert!(s.insert(2) && s.insert(3) && !s.insert(1));
+        assert_eq!(s.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(s.clone().into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(s.remove(&1) && s.remove(&3) && !s.remove(&1));
+        assert!(matches!(s, SmallSet::One(2)) && s.contains(&2) && s.len() == 1);
+        assert!(s.remove(&2) && s.is_empty() && !s.contains(&2));
+        assert!(s.insert(4) && matches!(s, SmallSet::One(4)));
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), [4]);
+
+        let mut m: SmallMap<u64, u64> = SmallMap::default();
+        m.get_or_insert(1, 1);
+        assert_eq!(m.0.capacity(), 1);
     }
 }

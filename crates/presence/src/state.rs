@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::PresenceConfig;
+use crate::directory::SharedStrings;
 use crate::entry::{Entry, UserId};
 use crate::local::{Conn, LocalUser};
 use crate::peers::{PeerMessage, Peers};
@@ -74,12 +75,16 @@ pub(crate) struct State<O> {
     pub(crate) dirty_topics: HashSet<Arc<str>>,
     pub(crate) conns: HashMap<u64, Conn<O>>,
     pub(crate) users: HashMap<UserId, LocalUser>,
-    /// Memberships whose last subscribed connection closed, by deadline; stale rows are skipped.
-    pub(crate) lingering: BTreeSet<(Instant, UserId, Arc<str>)>,
+    /// Memberships whose last subscribed connection closed, by deadline, each row numbered
+    /// from `linger_seq`; stale rows (the membership was taken up again) are skipped.
+    pub(crate) lingering: BTreeSet<(Instant, UserId, Arc<str>, u64)>,
+    pub(crate) linger_seq: u64,
     pub(crate) outgoing: Outgoing,
     pub(crate) peers: Peers,
     pub(crate) lookups: Vec<LookupRequest>,
     pub(crate) lookup_seq: u64,
+    /// Genders, shared by local profiles and remote records.
+    pub(crate) shared_strings: SharedStrings,
     pub(crate) stats: Arc<StatsCell>,
     tick_samples: VecDeque<u64>,
     rate_samples: VecDeque<u64>,
@@ -101,9 +106,11 @@ impl<O: Outbox> State<O> {
             conns: HashMap::new(),
             users: HashMap::new(),
             lingering: BTreeSet::new(),
+            linger_seq: 0,
             outgoing: Outgoing::default(),
             lookups: Vec::new(),
             lookup_seq: 0,
+            shared_strings: SharedStrings::default(),
             stats,
             tick_samples: VecDeque::with_capacity(TICK_SAMPLES),
             rate_samples: VecDeque::with_capacity(RATE_TICKS),
@@ -111,9 +118,10 @@ impl<O: Outbox> State<O> {
     }
 
     pub(crate) fn topic_upsert(&mut self, topic: &Arc<str>, user: &UserId, replica: ReplicaId, entry: &Arc<Entry>) {
-        let origin = if replica == LOCAL { self.me.clone() } else { self.peers.name_of(replica) };
+        let (me, peers) = (&self.me, &self.peers);
+        let origin_of = |r: ReplicaId| if r == LOCAL { me.clone() } else { peers.name_of(r) };
         let t = self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(topic.clone()));
-        if t.upsert(user, replica, &origin, entry) {
+        if t.upsert(user, replica, entry, origin_of) {
             self.dirty_topics.insert(topic.clone());
         }
     }

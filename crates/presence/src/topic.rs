@@ -23,22 +23,82 @@ pub(crate) fn no_blocks() -> Blocks {
     EMPTY.clone()
 }
 
+/// What one instance (replica) says about a member that several instances have.
 struct Source {
     replica: ReplicaId,
     origin: Arc<str>,
     entry: Arc<Entry>,
 }
 
-/// A user in the topic: one record per instance that has them, and the merged entry shown.
-struct Member {
-    sources: Vec<Source>,
-    shown: Arc<ShownEntry>,
+/// A user in the topic: what each instance that has them says.
+///
+/// Nearly every user is on one instance: that record is kept inline (16 bytes, so a
+/// `members` bucket is 32), with no allocation and without the instance's name, which only
+/// breaks ties between records. A user several instances have (connected to two, or moving)
+/// gets a boxed list, at least two long, with each instance's name, in the order the records
+/// arrived. The entry subscribers see is not kept either: it is built from the winning record
+/// when the user is in the window (`Topic::window`).
+enum Member {
+    One(ReplicaId, Arc<Entry>),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps `Member` at 16 bytes; a `Vec` or a boxed slice would make it 24"
+    )]
+    Many(Box<Vec<Source>>),
 }
 
 impl Member {
-    fn merge(user: &UserId, sources: &[Source]) -> Option<Arc<ShownEntry>> {
-        let best = sources.iter().max_by(|a, b| a.entry.precedence(&a.origin, &b.entry, &b.origin))?;
-        Some(Arc::new(best.entry.shown(user)))
+    /// The record shown: the one that takes precedence (`Entry::precedence`; of equals, the
+    /// last to arrive). `None` only for an empty list, which `forget` never leaves.
+    fn best(&self) -> Option<&Arc<Entry>> {
+        match self {
+            Member::One(_, entry) => Some(entry),
+            Member::Many(sources) => {
+                sources.iter().max_by(|a, b| a.entry.precedence(&a.origin, &b.entry, &b.origin)).map(|s| &s.entry)
+            }
+        }
+    }
+
+    /// Records what `replica` says; false if it said exactly that already. `origin_of` names
+    /// instances, for a user a second instance now has.
+    fn set(&mut self, replica: ReplicaId, entry: &Arc<Entry>, origin_of: impl Fn(ReplicaId) -> Arc<str>) -> bool {
+        match self {
+            Member::One(r, e) if *r == replica => {
+                if e == entry {
+                    return false;
+                }
+                *e = entry.clone();
+            }
+            Member::One(r, e) => {
+                let first = Source { replica: *r, origin: origin_of(*r), entry: e.clone() };
+                let second = Source { replica, origin: origin_of(replica), entry: entry.clone() };
+                *self = Member::Many(Box::new(vec![first, second]));
+            }
+            Member::Many(sources) => match sources.iter_mut().find(|s| s.replica == replica) {
+                Some(s) if s.entry == *entry => return false,
+                Some(s) => s.entry = entry.clone(),
+                None => sources.push(Source { replica, origin: origin_of(replica), entry: entry.clone() }),
+            },
+        }
+        true
+    }
+
+    /// Forgets what `replica` said: `None` if it said nothing, else whether no record is left.
+    fn forget(&mut self, replica: ReplicaId) -> Option<bool> {
+        match self {
+            Member::One(r, _) => (*r == replica).then_some(true),
+            Member::Many(sources) => {
+                let count = sources.len();
+                sources.retain(|s| s.replica != replica);
+                if sources.len() == count {
+                    return None;
+                }
+                if let [last] = sources.as_slice() {
+                    *self = Member::One(last.replica, last.entry.clone());
+                }
+                Some(false)
+            }
+        }
     }
 }
 
@@ -98,6 +158,11 @@ fn window_cmp(a: &&Arc<ShownEntry>, b: &&Arc<ShownEntry>) -> std::cmp::Ordering 
     a.window_key().cmp(&b.window_key())
 }
 
+/// Window order of members, by the record each shows.
+fn member_cmp(a: &(&UserId, &Arc<Entry>), b: &(&UserId, &Arc<Entry>)) -> std::cmp::Ordering {
+    a.1.window_key(a.0).cmp(&b.1.window_key(b.0))
+}
+
 impl<O: Outbox> Topic<O> {
     pub(crate) fn new(name: Arc<str>) -> Self {
         Self {
@@ -115,6 +180,11 @@ impl<O: Outbox> Topic<O> {
         }
     }
 
+    /// The topic's name; every membership and subscription of it shares this string.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     pub(crate) fn subscribers(&self) -> usize {
         self.plain.len() + self.guarded.len()
     }
@@ -129,27 +199,25 @@ impl<O: Outbox> Topic<O> {
         self.dirty.entry(user.clone()).or_insert(was_member);
     }
 
-    /// Records what `replica` says about `user`; true if the shown entry changed.
-    pub(crate) fn upsert(&mut self, user: &UserId, replica: ReplicaId, origin: &Arc<str>, entry: &Arc<Entry>) -> bool {
-        let source = Source { replica, origin: origin.clone(), entry: entry.clone() };
+    /// Records what `replica` says about `user`; true if the shown entry changed. `origin_of`
+    /// names instances (`Member::set`).
+    pub(crate) fn upsert(
+        &mut self,
+        user: &UserId,
+        replica: ReplicaId,
+        entry: &Arc<Entry>,
+        origin_of: impl Fn(ReplicaId) -> Arc<str>,
+    ) -> bool {
         match self.members.get_mut(user) {
             Some(m) => {
-                match m.sources.iter_mut().find(|s| s.replica == replica) {
-                    Some(s) if s.entry == source.entry => return false,
-                    Some(s) => *s = source,
-                    None => m.sources.push(source),
-                }
-                let Some(shown) = Member::merge(user, &m.sources) else { return false };
-                if shown == m.shown {
+                let Some(before) = m.best().cloned() else { return false };
+                if !m.set(replica, entry, origin_of) || m.best().is_none_or(|after| after.shows_same(&before)) {
                     return false;
                 }
-                m.shown = shown;
                 self.mark(user, true);
             }
             None => {
-                let sources = vec![source];
-                let Some(shown) = Member::merge(user, &sources) else { return false };
-                self.members.insert(user.clone(), Member { sources, shown });
+                self.members.insert(user.clone(), Member::One(replica, entry.clone()));
                 self.mark(user, false);
             }
         }
@@ -159,37 +227,43 @@ impl<O: Outbox> Topic<O> {
     /// Forgets what `replica` said about `user`; true if the shown entry changed or left.
     pub(crate) fn remove(&mut self, user: &UserId, replica: ReplicaId) -> bool {
         let Some(m) = self.members.get_mut(user) else { return false };
-        let before = m.sources.len();
-        m.sources.retain(|s| s.replica != replica);
-        if m.sources.len() == before {
-            return false;
-        }
-        match Member::merge(user, &m.sources) {
-            None => {
+        let Some(before) = m.best().cloned() else { return false };
+        match m.forget(replica) {
+            None => return false,
+            Some(true) => {
                 self.members.remove(user);
             }
-            Some(shown) if shown == m.shown => return false,
-            Some(shown) => m.shown = shown,
+            Some(false) if m.best().is_none_or(|after| after.shows_same(&before)) => return false,
+            Some(false) => {}
         }
         self.mark(user, true);
         true
     }
 
-    /// Who would be in the window now, in window order.
-    fn window(&self, size: usize) -> Vec<&Arc<ShownEntry>> {
-        let mut all: Vec<&Arc<ShownEntry>> = self.members.values().map(|m| &m.shown).collect();
+    /// Who would be in the window now, in window order, as shown. Entries shown unchanged
+    /// since the last publication are the published ones, not new allocations.
+    fn window(&self, size: usize) -> Vec<Arc<ShownEntry>> {
+        let mut all: Vec<(&UserId, &Arc<Entry>)> =
+            self.members.iter().filter_map(|(id, m)| Some((id, m.best()?))).collect();
         if all.len() > size {
-            all.select_nth_unstable_by(size - 1, window_cmp);
+            all.select_nth_unstable_by(size - 1, member_cmp);
             all.truncate(size);
         }
-        all.sort_unstable_by(window_cmp);
-        all
+        all.sort_unstable_by(member_cmp);
+        let shown = |(id, e): (&UserId, &Arc<Entry>)| {
+            let shown = e.shown(id);
+            match self.view.get(id) {
+                Some(published) if **published == shown => published.clone(),
+                _ => Arc::new(shown),
+            }
+        };
+        all.into_iter().map(shown).collect()
     }
 
     /// The published view is only kept up to date while someone listens; the first
     /// subscriber rebuilds it from the members (under a new `seq`).
     fn rebuild(&mut self, window: usize, now_ms: i64) {
-        let view = self.window(window).into_iter().map(|e| (e.id.clone(), e.clone())).collect();
+        let view = self.window(window).into_iter().map(|e| (e.id.clone(), e)).collect();
         self.view = view;
         self.count = self.members.len();
         self.dirty = HashMap::new();
@@ -282,7 +356,7 @@ impl<O: Outbox> Topic<O> {
             self.dirty = HashMap::new();
             return;
         }
-        let window: Vec<Arc<ShownEntry>> = self.window(limits.window).into_iter().cloned().collect();
+        let window = self.window(limits.window);
         let new_view: HashMap<UserId, Arc<ShownEntry>> = window.iter().map(|e| (e.id.clone(), e.clone())).collect();
         let mut joins = Vec::new();
         let mut updates = Vec::new();
@@ -379,5 +453,49 @@ fn filtered(msg: &PresenceMessage, hidden: &[UserId], members: &HashMap<UserId, 
             tick_at: d.tick_at,
         }),
         PresenceMessage::Ack { .. } => msg.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Activity;
+
+    fn entry(activity: Activity, updated_at: i64) -> Arc<Entry> {
+        Arc::new(Entry {
+            profile: Arc::default(),
+            chosen: None,
+            status: None,
+            activity,
+            active_at: updated_at,
+            updated_at,
+        })
+    }
+
+    fn name(r: ReplicaId) -> Arc<str> {
+        ["me", "b", "c"][r as usize].into()
+    }
+
+    #[test]
+    fn a_member_keeps_one_record_inline_and_several_in_arrival_order() {
+        assert_eq!(std::mem::size_of::<Member>(), 16, "the layout described on `Member`");
+        let (old, new, call) = (entry(Activity::Idle, 1), entry(Activity::Idle, 2), entry(Activity::InCall, 0));
+        let mut m = Member::One(0, old.clone());
+        assert!(!m.set(0, &entry(Activity::Idle, 1), name), "the same record again");
+        assert!(m.set(0, &new, name) && matches!(m, Member::One(0, _)));
+        assert!(m.set(1, &call, name) && matches!(&m, Member::Many(s) if s.len() == 2 && &*s[1].origin == "b"));
+        assert!(Arc::ptr_eq(m.best().unwrap(), &call), "matchmaking activity wins");
+        assert_eq!(m.forget(2), None);
+        assert_eq!(m.forget(1), Some(false));
+        assert!(matches!(&m, Member::One(0, e) if Arc::ptr_eq(e, &new)), "one record left: inline again");
+        assert_eq!(m.forget(0), Some(true));
+
+        // Equal records from two runs of one instance: the last to arrive wins.
+        let (first, second) = (entry(Activity::Idle, 5), entry(Activity::Idle, 5));
+        let mut m = Member::One(1, first.clone());
+        m.set(2, &second, |_| "b".into());
+        assert!(Arc::ptr_eq(m.best().unwrap(), &second));
+        m.set(1, &entry(Activity::Idle, 6), |_| "b".into());
+        assert_eq!(m.best().unwrap().updated_at, 6);
     }
 }
