@@ -263,10 +263,9 @@ impl<O: Outbox> Task<O> {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => self.on_done(done).await,
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
-                    None => break,
-                },
+                // Other instances' messages before this instance's own requests: a backlog of
+                // local requests must not hold up frames that already crossed the bus (a
+                // cross-instance signal would wait for every local one queued behind it).
                 msg = inbox.recv() => match msg {
                     Some(Received::Message(m)) => match serde_json::from_slice::<Wire>(&m.payload) {
                         Ok(w) => self.on_wire(w).await,
@@ -283,6 +282,10 @@ impl<O: Outbox> Task<O> {
                         self.resync().await;
                         self.sweep().await;
                     }
+                    None => break,
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
                     None => break,
                 },
                 ev = next_cluster_event(&mut cluster) => self.on_cluster_event(ev).await,
