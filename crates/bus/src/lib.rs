@@ -159,6 +159,12 @@ impl Bus {
         &self.instance
     }
 
+    /// Whether messages stay in this process: a publish is then delivered before it
+    /// returns, without a network round trip.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.transport, Transport::InProcess(_))
+    }
+
     /// Publishes `payload` on `topic` to every current subscriber, this instance's included.
     /// [`BusError::Unavailable`] while a network transport is reconnecting.
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BusError> {

@@ -95,11 +95,17 @@ impl Matchmaker {
         let stats = Arc::new(Stats::default());
         let cluster = deps.registry.as_ref().map(InstanceRegistry::subscribe);
         let queue = deps.queue.clone();
-        let (outlet, outgoing) = mpsc::channel(cfg.command_queue.max(1));
-        tracker.spawn(publish_loop(bus, outgoing, stats.clone()));
+        // In one process a publish is a hand-off with no round trip to hide: it stays on
+        // the loop, so a message is in its receiver's inbox before the loop goes on.
+        let outlet = (!bus.is_in_process()).then(|| {
+            let (outlet, outgoing) = mpsc::channel(cfg.command_queue.max(1));
+            tracker.spawn(publish_loop(bus.clone(), outgoing, stats.clone()));
+            outlet
+        });
         let task = Task {
             cfg: cfg.clone(),
             me: me.clone(),
+            bus,
             outlet,
             deps,
             tracker: tracker.clone(),
@@ -202,9 +208,10 @@ pub(crate) struct Invite {
 pub(crate) struct Task<O> {
     pub(crate) cfg: Arc<MatchmakerConfig>,
     pub(crate) me: Arc<str>,
-    /// Messages for other instances, published in order by [`publish_loop`] so the loop
-    /// never waits for a network round trip.
-    pub(crate) outlet: mpsc::Sender<(String, Bytes)>,
+    pub(crate) bus: Bus,
+    /// Messages for other instances over a network bus, published in order by
+    /// [`publish_loop`] so the loop never waits for a round trip; `None` in one process.
+    pub(crate) outlet: Option<mpsc::Sender<(String, Bytes)>>,
     pub(crate) deps: MatchmakerDeps,
     pub(crate) tracker: TaskTracker,
     pub(crate) stats: Arc<Stats>,
@@ -409,8 +416,15 @@ impl<O: Outbox> Task<O> {
                 return tracing::error!(error = %e, "could not encode a matchmaker message");
             }
         };
+        let Some(outlet) = &self.outlet else {
+            if let Err(e) = self.bus.publish(&inbox_topic(instance), bytes).await {
+                inc(&self.stats.bus_errors);
+                tracing::warn!(error = %e, instance, "matchmaker message not published");
+            }
+            return;
+        };
         // Waits only while the publisher is `command_queue` messages behind.
-        if self.outlet.send((inbox_topic(instance), bytes)).await.is_err() {
+        if outlet.send((inbox_topic(instance), bytes)).await.is_err() {
             inc(&self.stats.bus_errors);
             tracing::error!(instance, "matchmaker publisher stopped; message not published");
         }
