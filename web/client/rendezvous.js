@@ -471,6 +471,10 @@ export class RendezvousClient extends Emitter {
         this.match.proposal = msg;
         break;
       case "match.cancelled":
+        // Two instances do not share an order: an older proposal's end can arrive after
+        // the next proposal (the user was requeued and another instance matched them
+        // first). It ends only the proposal it names.
+        if (this.match.proposal && this.match.proposal.proposal_id !== msg.proposal_id) break;
         this.match.proposal = null;
         this.match.queued = !!msg.requeued;
         if (!msg.requeued && msg.reason !== "shutdown") this.#queuePrefs = null;

@@ -1,4 +1,5 @@
-// Reconnect decisions with a scripted socket: what the client does after each close code.
+// Decisions with a scripted socket: what the client does after each close code, and with
+// messages that two instances sent in no common order.
 // (The real server's drain and restart are exercised in Chromium, crates/server/tests/browser.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -131,5 +132,25 @@ test("a handshake refused before the upgrade (503, 401 …) backs off like a bus
   await until(() => delays.length === 1);
   assert.equal(delays[0].code, 1013);
   assert.equal(delays[0].delayMs, 30); // max(7.5, 40 * 0.75): the busy floor wins
+  c.close();
+});
+
+test("a cancellation of an older proposal arriving after the next proposal leaves the next one pending", async () => {
+  const { Scripted, sockets } = scriptedSockets();
+  const c = client(Scripted);
+  const connecting = c.connect();
+  await until(() => sockets.length === 1);
+  sockets[0].open();
+  await connecting;
+  const peer = { user_id: "p", display_name: "P", gender: "other" };
+  sockets[0].push({ type: "match.proposed", proposal_id: "old", peer, deadline_ms: 15000 });
+  // The peer declined "old" and another instance matched this user again before the
+  // cancellation from "old"'s instance arrived.
+  sockets[0].push({ type: "match.proposed", proposal_id: "new", peer, deadline_ms: 15000 });
+  sockets[0].push({ type: "match.cancelled", proposal_id: "old", reason: "peer_declined", requeued: true });
+  assert.equal(c.match.proposal?.proposal_id, "new");
+  assert.equal(c.match.queued, false);
+  sockets[0].push({ type: "match.cancelled", proposal_id: "new", reason: "timeout", requeued: false });
+  assert.equal(c.match.proposal, null);
   c.close();
 });
