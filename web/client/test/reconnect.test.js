@@ -50,6 +50,17 @@ function client(Scripted, reconnect = {}) {
   return new RendezvousClient({ url: "ws://test/ws", token: "t", WebSocket: Scripted, random: () => 0.5, reconnect: { initialMs: 100, maxMs: 1000, busyMinMs: 2000, ...reconnect } });
 }
 
+/** A client whose first socket is open and welcomed, and its sockets. */
+async function connected(reconnect = {}) {
+  const { Scripted, sockets } = scriptedSockets();
+  const c = client(Scripted, reconnect);
+  const connecting = c.connect();
+  await until(() => sockets.length === 1);
+  sockets[0].open();
+  await connecting;
+  return { c, sockets };
+}
+
 test("backoff doubles with equal jitter up to the cap, and a busy server gets the busy floor", () => {
   const { Scripted } = scriptedSockets();
   const c = client(Scripted);
@@ -58,12 +69,7 @@ test("backoff doubles with equal jitter up to the cap, and a busy server gets th
 });
 
 test("after a drain the client waits reconnect_after_ms, resubscribes, re-sends its state and rejoins the queue", async () => {
-  const { Scripted, sockets } = scriptedSockets();
-  const c = client(Scripted);
-  const connecting = c.connect();
-  await until(() => sockets.length === 1);
-  sockets[0].open();
-  await connecting;
+  const { c, sockets } = await connected();
   const sub = c.subscribe("lobby");
   sockets[0].push({ type: "presence.ack", id: sockets[0].sent[0].id });
   sockets[0].push({ type: "presence.snapshot", topic: "lobby", seq: 3, count: 1, entries: [{ id: "x", state: "online", display_name: "X", gender: "other", active_at: 1 }] });
@@ -102,12 +108,7 @@ test("after a drain the client waits reconnect_after_ms, resubscribes, re-sends 
 
 test("close codes: 4001 and 4010 stop for good, 4002 and 1011 reconnect", async () => {
   for (const [code, stops] of [[4001, true], [4010, true], [4009, true], [4002, false], [1011, false], [1008, false]]) {
-    const { Scripted, sockets } = scriptedSockets();
-    const c = client(Scripted, { initialMs: 5, maxMs: 5 });
-    const connecting = c.connect();
-    await until(() => sockets.length === 1);
-    sockets[0].open();
-    await connecting;
+    const { c, sockets } = await connected({ initialMs: 5, maxMs: 5 });
     sockets[0].serverClose(code);
     if (stops) {
       assert.equal(c.state, "closed", `code ${code}`);
@@ -136,12 +137,7 @@ test("a handshake refused before the upgrade (503, 401 …) backs off like a bus
 });
 
 test("a cancellation of an older proposal arriving after the next proposal leaves the next one pending", async () => {
-  const { Scripted, sockets } = scriptedSockets();
-  const c = client(Scripted);
-  const connecting = c.connect();
-  await until(() => sockets.length === 1);
-  sockets[0].open();
-  await connecting;
+  const { c, sockets } = await connected();
   const peer = { user_id: "p", display_name: "P", gender: "other" };
   sockets[0].push({ type: "match.proposed", proposal_id: "old", peer, deadline_ms: 15000 });
   // The peer declined "old" and another instance matched this user again before the
