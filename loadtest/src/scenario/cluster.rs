@@ -331,14 +331,7 @@ async fn signaling(args: &ClusterArgs, origin: Instant, progress: &Progress, dea
     tokio::time::sleep_until((end + DRAIN).min(deadline)).await;
     let _ = stage_tx.send(Stage::Close);
     progress.phase("closing", sides);
-    let mut seen = Vec::new();
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-        if let Ok(s) = joined {
-            progress.item(s.dropped.is_none());
-            seen.push(s);
-        }
-    }
-    tasks.abort_all();
+    let seen = conns::collect(&mut tasks, deadline, progress, |s| s.dropped.is_none()).await;
 
     let secs = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
     let (mut local, mut cross, mut errors, mut dropped) = (Vec::new(), Vec::new(), BTreeMap::new(), BTreeMap::new());

@@ -25,7 +25,7 @@ use crate::rawws::{Incoming, RawWs};
 use crate::report::Latency;
 use crate::scenario::cluster::{Schedule, micros, open_spread};
 use crate::scenario::cluster_report::{BusCounts, Presence};
-use crate::scenario::conns::count;
+use crate::scenario::conns::{self, count};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Stage {
@@ -219,14 +219,7 @@ pub async fn run(args: &ClusterArgs, origin: Instant, progress: &Progress, deadl
     tokio::time::sleep_until((end + drain).min(deadline)).await;
     let _ = stage_tx.send(Stage::Close);
     progress.phase("closing", connected);
-    let mut seen = Vec::new();
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-        if let Ok(s) = joined {
-            progress.item(s.dropped.is_none());
-            seen.push(s);
-        }
-    }
-    tasks.abort_all();
+    let seen = conns::collect(&mut tasks, deadline, progress, |s| s.dropped.is_none()).await;
 
     let (from, to) = (micros(origin, start), micros(origin, end));
     let in_window = |at: &u64| (from..=to).contains(at);

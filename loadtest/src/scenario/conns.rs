@@ -108,3 +108,22 @@ pub fn count(map: &mut BTreeMap<String, usize>, reason: impl Into<String>, n: us
         *map.entry(reason.into()).or_default() += n;
     }
 }
+
+/// Collects what the simulated users' tasks return until `deadline` (counting each in
+/// `progress` as `ok` says), then aborts those still running.
+pub async fn collect<T: 'static>(
+    tasks: &mut JoinSet<T>,
+    deadline: Instant,
+    progress: &Progress,
+    ok: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let mut seen = Vec::with_capacity(tasks.len());
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+        if let Ok(s) = joined {
+            progress.item(ok(&s));
+            seen.push(s);
+        }
+    }
+    tasks.abort_all();
+    seen
+}

@@ -204,14 +204,7 @@ pub async fn run(args: &MatchmakingArgs, deadline: Instant) -> ExitCode {
     };
     let _ = stage_tx.send(Stage::Close);
     progress.phase("closing", connected);
-    let mut seen = Vec::new();
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline + Duration::from_secs(6), tasks.join_next()).await {
-        if let Ok(s) = joined {
-            progress.item(s.dropped.is_none());
-            seen.push(s);
-        }
-    }
-    tasks.abort_all();
+    let seen = conns::collect(&mut tasks, deadline + Duration::from_secs(6), &progress, |s| s.dropped.is_none()).await;
     progress.finish();
 
     let server = Spent::between(&before, &after);

@@ -130,14 +130,7 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
     sleep_until_or(end + DRAIN, deadline).await;
     let _ = stage_tx.send(Stage::Close);
     progress.phase("closing", connected);
-    let mut seen = Vec::with_capacity(connected);
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-        if let Ok(s) = joined {
-            progress.item(s.closed_cleanly);
-            seen.push(s);
-        }
-    }
-    tasks.abort_all();
+    let seen = conns::collect(&mut tasks, deadline, &progress, |s| s.closed_cleanly).await;
     progress.finish();
 
     let server = Spent::between(&before, &after);
