@@ -193,11 +193,7 @@ pub async fn run(args: &ClusterArgs, origin: Instant, progress: &Progress, deadl
     let _ = stage_tx.send(Stage::Subscribe);
     progress.phase("subscribing", connected);
     let until = (Instant::now() + Duration::from_secs(60)).min(deadline);
-    while subscribed.load(Ordering::Relaxed) < connected && Instant::now() < until {
-        progress.set(subscribed.load(Ordering::Relaxed), 0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let n_subscribed = subscribed.load(Ordering::Relaxed);
+    let n_subscribed = conns::wait_for_count(&subscribed, connected, until, progress).await;
     // Two ticks for the joins to reach every instance and settle.
     let tick = Duration::from_millis(args.tick_ms);
     tokio::time::sleep_until((Instant::now() + 2 * tick).min(deadline)).await;

@@ -127,3 +127,19 @@ pub async fn collect<T: 'static>(
     tasks.abort_all();
     seen
 }
+
+/// Waits until `counter` reaches `target` or `until`, showing it in `progress` (a load
+/// tool's progress line, polled every 100 ms); answers the count reached.
+pub async fn wait_for_count(
+    counter: &std::sync::atomic::AtomicUsize,
+    target: usize,
+    until: Instant,
+    progress: &Progress,
+) -> usize {
+    use std::sync::atomic::Ordering;
+    while counter.load(Ordering::Relaxed) < target && Instant::now() < until {
+        progress.set(counter.load(Ordering::Relaxed), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    counter.load(Ordering::Relaxed)
+}

@@ -98,11 +98,7 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
     let _ = stage_tx.send(Stage::Subscribe);
     progress.phase("subscribing", connected);
     let until = (Instant::now() + Duration::from_secs(60)).min(deadline);
-    while subscribed.load(Ordering::Relaxed) < connected && Instant::now() < until {
-        progress.set(subscribed.load(Ordering::Relaxed), 0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let n_subscribed = subscribed.load(Ordering::Relaxed);
+    let n_subscribed = conns::wait_for_count(&subscribed, connected, until, &progress).await;
     progress.note(&format!("subscribed {n_subscribed}/{connected}; settling {:.0} s", args.settle.as_secs_f64()));
     progress.phase("settling", 0);
     sleep_until_or(Instant::now() + args.settle, deadline).await;
