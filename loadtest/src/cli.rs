@@ -64,9 +64,11 @@ pub enum Command {
     /// to one topic, samples again (memory per subscription), then for --duration-secs the
     /// first C send `presence.set` (available/away alternately, a new status each time) at
     /// R per second in total. Reports presence entries delivered per second (snapshot
-    /// entries + diff joins/updates/leaves over all subscribers), how far behind the first
-    /// subscriber of the same `seq` the others received it (the diffs carry no tick time),
-    /// the server's CPU (--server-pid) and bytes out (/health).
+    /// entries + diff joins/updates/leaves over all subscribers), how long after the tick
+    /// (the message's `tick_at`) each subscriber received it, how far behind the first
+    /// subscriber of the same `seq` (the fan-out spread), the server's CPU (--server-pid)
+    /// and bytes out (/health). A message the process has already parsed for another
+    /// subscriber is recognized by its bytes, not parsed again.
     Presence(PresenceArgs),
     /// Matchmaking: M users join, accept, signal, hang up, for K rounds.
     ///
@@ -87,6 +89,14 @@ pub enum Command {
     /// change was made on the subscriber's instance, entries delivered per second, and bus
     /// publishes per tick (Redis INFO commandstats with --redis-port, and each /health).
     Cluster(ClusterArgs),
+    /// The kernel's floor under a fan-out: loopback TCP alone, no server.
+    ///
+    /// Opens N socket pairs in this process; each round (after --pause-ms, so the sockets
+    /// are cold as between two presence ticks) --writers threads write B bytes to every
+    /// socket in turn, as a tick sends one message per subscriber, and another thread reads
+    /// them through epoll. Reports the CPU per write and per read (thread clocks) and when each message
+    /// was complete after its round started: what no server on this machine can beat.
+    Floor(FloorArgs),
     /// Fetch /health once and print the connection and memory figures.
     Health(HealthArgs),
     /// Diff two JSON summaries figure by figure.
@@ -299,6 +309,36 @@ pub struct HealthArgs {
     pub output: Output,
 }
 
+/// `floor`.
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    /// Socket pairs; both ends are in this process (two open files each).
+    #[arg(long, value_name = "N", default_value_t = 5_000, value_parser = at_least_one)]
+    pub conns: usize,
+    /// Bytes written to each socket per round (a presence window of 100 entries is ~12.9 KB
+    /// of JSON, ~1 KB deflated).
+    #[arg(long, value_name = "B", default_value_t = 1_000, value_parser = message_bytes)]
+    pub bytes: usize,
+    /// Rounds (ticks).
+    #[arg(long, value_name = "R", default_value_t = 5, value_parser = rounds)]
+    pub rounds: usize,
+    /// Threads writing, each to an equal share of the sockets (the server runs one runtime
+    /// worker per core).
+    #[arg(long, value_name = "W", default_value_t = 1, value_parser = writers)]
+    pub writers: usize,
+    /// Pause before each round.
+    #[arg(long = "pause-ms", value_name = "MS", default_value = "500", value_parser = millis)]
+    pub pause: Duration,
+    /// Address to listen and connect on (IPv4 loopback only).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1", value_parser = loopback)]
+    pub host: Ipv4Addr,
+    /// Hard bound for the whole run.
+    #[arg(long = "max-secs", value_name = "S", default_value = "120", value_parser = secs)]
+    pub max: Duration,
+    #[command(flatten)]
+    pub output: Output,
+}
+
 /// `compare`.
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
@@ -337,6 +377,32 @@ fn secs(v: &str) -> Result<Duration, String> {
     non_negative(v)
         .and_then(|s| Duration::try_from_secs_f64(s).map_err(|e| e.to_string()))
         .map_err(|_| format!("`{v}` is not a number of seconds"))
+}
+
+fn whole_in(v: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("`{v}` is not a whole number from {lo} to {hi}")),
+    }
+}
+
+fn message_bytes(v: &str) -> Result<usize, String> {
+    whole_in(v, 1, 1 << 20)
+}
+
+fn rounds(v: &str) -> Result<usize, String> {
+    whole_in(v, 1, 1000)
+}
+
+fn writers(v: &str) -> Result<usize, String> {
+    whole_in(v, 1, 64)
+}
+
+fn millis(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(ms) if ms <= 60_000 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("`{v}` is not a whole number of milliseconds up to 60000")),
+    }
 }
 
 fn non_empty(v: &str) -> Result<String, String> {
@@ -378,6 +444,15 @@ mod tests {
         assert!(err("idle --health-url http://192.0.2.1/health").contains("loopback"));
         assert!(err("--json").contains("--json"));
         assert!(err("zipf --api-key k --zipf-s -1").contains("-1"));
+        assert!(err("floor --host 192.0.2.1").contains("loopback"));
+        assert!(err("floor --bytes 0").contains("from 1 to 1048576"));
+        assert!(err("floor --rounds 1001").contains("from 1 to 1000"));
+        assert!(err("floor --writers 0").contains("from 1 to 64"));
+        assert!(err("floor --pause-ms 60001").contains("up to 60000"));
+        match parse("floor --conns 9000 --bytes 12948 --writers 2").unwrap() {
+            Command::Floor(a) => assert_eq!((a.conns, a.bytes, a.rounds, a.writers), (9000, 12948, 5, 2)),
+            other => panic!("{other:?}"),
+        }
         // Flags of one scenario are not silently accepted by another.
         assert!(err("zipf --api-key k --deflate").contains("--deflate"));
     }

@@ -14,6 +14,7 @@
 //!   benchmarks, over `rawws` (a small client that reads permessage-deflate frames).
 //! - `scenario::cluster` (+ `_presence`, `_report`): several instances over Redis, signaling
 //!   and presence across them.
+//! - `scenario::floor`: loopback TCP alone (no server), the kernel's floor under a fan-out.
 //! - `usage`: the server's CPU (`/proc/<pid>/stat`) and bytes out (`/health`) over a run.
 //! - `dist`: seeded RNG and the Zipf sampler.
 //! - `report`: tallies, their merge and the idle table; `summary`: table and/or JSON out.
@@ -46,8 +47,11 @@ use crate::health::{HealthReport, ServerSample};
 fn main() -> ExitCode {
     // Usage errors exit 2 with clap's message; --help and --version exit 0.
     let cli = Cli::parse();
-    if let Command::Compare(args) = &cli.command {
-        return compare::run(args);
+    // The two that need no async runtime: `floor` measures plain threads and sockets.
+    match &cli.command {
+        Command::Compare(args) => return compare::run(args),
+        Command::Floor(args) => return scenario::floor::run(args),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -72,6 +76,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Matchmaking(args) => scenario::matchmaking::run(&args, now + args.conns.max).await,
         Command::Cluster(args) => scenario::cluster::run(&args, now + args.max).await,
         Command::Health(args) => health(&args).await,
+        Command::Floor(args) => scenario::floor::run(&args),
         Command::Compare(args) => compare::run(&args),
     }
 }

@@ -5,6 +5,7 @@ pub mod cluster_presence;
 pub mod cluster_report;
 pub mod connect_rate;
 pub mod conns;
+pub mod floor;
 pub mod idle;
 pub mod matchmaking;
 pub mod matchmaking_report;

@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::rawws::{Incoming, RawWs};
 use crate::report::Latency;
 use crate::scenario::conns::{self, count};
-use crate::scenario::presence_report::{Memory, Parsed, Receipt, Report, parse, spread_lags_us, tick_lag_us};
+use crate::scenario::presence_report::{Frames, Memory, Parsed, Receipt, Report, spread_lags_us, tick_lag_us};
 use crate::summary;
 use crate::usage::{Reading, Spent, cpu_ticks};
 
@@ -76,6 +76,7 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
     let (stage_tx, stage_rx) = watch::channel(Stage::Hold);
     let subscribed = Arc::new(AtomicUsize::new(0));
     let subscribe = ClientMessage::from(PresenceSubscribe { topic: args.topic.clone() }).to_json();
+    let frames = Arc::new(Frames::default());
     let mut tasks = JoinSet::new();
     for (i, ws) in opened.conns.into_iter().enumerate() {
         let Some(ws) = ws else { continue };
@@ -92,6 +93,7 @@ pub async fn run(args: &PresenceArgs, deadline: Instant) -> ExitCode {
             index: i,
             origin,
             deadline,
+            frames: frames.clone(),
         };
         tasks.spawn(conn.run());
     }
@@ -236,6 +238,7 @@ struct Conn {
     index: usize,
     origin: Instant,
     deadline: Instant,
+    frames: Arc<Frames>,
 }
 
 impl Conn {
@@ -279,7 +282,7 @@ impl Conn {
                     Ok(Incoming::Text(text)) => {
                         let at_us = micros(self.origin, Instant::now());
                         let wall = std::time::SystemTime::now();
-                        match parse(&text) {
+                        match self.frames.parse(&text) {
                             Ok(Parsed::Presence { snapshot, seq, entries, tick_at }) => {
                                 if !got_snapshot && snapshot {
                                     got_snapshot = true;

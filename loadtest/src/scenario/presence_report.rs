@@ -1,8 +1,9 @@
 //! The pure half of the `presence` scenario: reading presence frames, the receipt-spread
 //! lag, and the report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -80,6 +81,50 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
     }
 }
 
+/// Frames at least this long go through [`Frames`]; shorter ones are cheap to parse anyway.
+const SHARED_MIN: usize = 512;
+/// Distinct long frames [`Frames`] remembers.
+const SHARED_KEEP: usize = 8;
+
+/// [`parse`] for every connection of one process, each distinct long frame parsed once.
+///
+/// A tick sends the same bytes to every subscriber, so in one process thousands of
+/// connections receive identical text. The first is parsed; the others are recognized by
+/// comparing the whole text byte for byte with the few kept (about a microsecond for a
+/// 13 KB window, against tens for a JSON parse), so the tool spends its CPU, which the
+/// server's shares, on receiving rather than on re-reading what it has already read.
+#[derive(Debug, Default)]
+pub struct Frames {
+    recent: Mutex<VecDeque<Known>>,
+}
+
+/// A frame's text and what [`parse`] made of it.
+type Known = (Arc<str>, Result<Parsed, String>);
+
+impl Frames {
+    /// What [`parse`] gives for `text`.
+    pub fn parse(&self, text: &str) -> Result<Parsed, String> {
+        if text.len() < SHARED_MIN {
+            return parse(text);
+        }
+        let known = |recent: &VecDeque<Known>| {
+            recent.iter().find(|(t, _)| **t == *text).map(|(_, p)| p.clone())
+        };
+        if let Some(p) = known(&self.recent.lock().unwrap_or_else(|e| e.into_inner())) {
+            return p;
+        }
+        let parsed = parse(text);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if known(&recent).is_none() {
+            if recent.len() == SHARED_KEEP {
+                recent.pop_front();
+            }
+            recent.push_back((Arc::from(text), parsed.clone()));
+        }
+        parsed
+    }
+}
+
 /// One presence message received: its `seq`, when (µs since the run's origin), and how
 /// long after the tick that published it (wall clock − the message's `tick_at`; server and
 /// tool share the machine's clock).
@@ -97,9 +142,8 @@ pub fn tick_lag_us(tick_at_ms: i64, now: std::time::SystemTime) -> u64 {
     (now_us - tick_at_ms.saturating_mul(1000)).max(0) as u64
 }
 
-/// For every receipt, how long after the earliest receipt of the same `seq` it came.
-/// The diffs carry no tick time, so the first subscriber to get a `seq` stands in for the
-/// tick: this is the fan-out spread, a lower bound of the lag after the tick.
+/// For every receipt, how long after the earliest receipt of the same `seq` it came: the
+/// fan-out spread, a lower bound of the lag after the tick that needs no shared clock.
 pub fn spread_lags_us(receipts: &[Receipt]) -> Vec<u64> {
     let mut first: HashMap<u64, u64> = HashMap::new();
     for r in receipts {
@@ -233,6 +277,28 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_frames_parse_like_parse_and_differing_ones_separately() {
+        let frames = Frames::default();
+        let padding = "x".repeat(SHARED_MIN);
+        let text = |seq: u64, n: usize| {
+            let entries: Vec<String> = (0..n).map(|i| format!(r#"{{"id":"u{i}","status":"{padding}"}}"#)).collect();
+            format!(r#"{{"type":"presence.diff","seq":{seq},"joins":[{}],"tick_at":7}}"#, entries.join(","))
+        };
+        let (a, b, c) = (text(1, 3), text(1, 4), text(2, 3));
+        for t in [&a, &b, &a, &c, &a, &b] {
+            assert_eq!(frames.parse(t), parse(t), "{}", &t[..60]);
+        }
+        assert_eq!(frames.parse(&b), Ok(Parsed::Presence { snapshot: false, seq: 1, entries: 4, tick_at: Some(7) }));
+        let broken = format!("{a} trailing");
+        assert!(frames.parse(&broken).is_err() && frames.parse(&broken).is_err());
+        assert!(frames.parse(r#"{"type":"pong"}"#) == Ok(Parsed::Other("pong".into())));
+        for seq in 0..20 {
+            frames.parse(&text(seq, 1)).unwrap();
+        }
+        assert_eq!(frames.recent.lock().unwrap().len(), SHARED_KEEP, "bounded");
+    }
 
     #[test]
     fn frames_are_classified_and_counted() {
