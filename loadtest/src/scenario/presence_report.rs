@@ -107,9 +107,7 @@ impl Frames {
         if text.len() < SHARED_MIN {
             return parse(text);
         }
-        let known = |recent: &VecDeque<Known>| {
-            recent.iter().find(|(t, _)| **t == *text).map(|(_, p)| p.clone())
-        };
+        let known = |recent: &VecDeque<Known>| recent.iter().find(|(t, _)| **t == *text).map(|(_, p)| p.clone());
         if let Some(p) = known(&self.recent.lock().unwrap_or_else(|e| e.into_inner())) {
             return p;
         }
