@@ -137,6 +137,7 @@ pub fn better(figure: &str) -> Better {
                 | "subscribed"
                 | "entries_delivered"
                 | "matches"
+                | "delivered"
         )
     {
         return Better::Higher;
@@ -170,6 +171,10 @@ pub fn better(figure: &str) -> Better {
             | "rounds_requested"
             | "signals_per_side"
             | "signal_rate"
+            | "conns"
+            | "bytes"
+            | "rounds"
+            | "writers"
     ) {
         return Better::Setting;
     }
@@ -356,6 +361,11 @@ mod tests {
             ("subscribers", Better::Setting),
             ("signal_rate", Better::Setting),
             ("server.bytes_out_per_sec_wire", Better::Neither),
+            ("cpu_per_msg_us", Better::Lower),
+            ("receipt_after_round.p99_ms", Better::Lower),
+            ("delivered", Better::Higher),
+            ("writers", Better::Setting),
+            ("bytes", Better::Setting),
         ] {
             assert_eq!(better(figure), want, "{figure}");
         }

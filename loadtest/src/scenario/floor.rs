@@ -38,13 +38,13 @@ pub struct FloorReport {
     /// Messages that arrived whole, of `conns × rounds`.
     pub delivered: u64,
     /// Writer threads' CPU per message (µs): the write, and on loopback the receive-side TCP work.
-    pub write_cpu_us_per_msg: f64,
+    pub write_cpu_per_msg_us: f64,
     /// Reader thread CPU per message (µs): epoll and the read.
-    pub read_cpu_us_per_msg: f64,
+    pub read_cpu_per_msg_us: f64,
     /// Both together: the CPU one delivered message costs the machine at the least.
-    pub cpu_us_per_msg: f64,
+    pub cpu_per_msg_us: f64,
     /// One round's writes, wall time (ms), median over rounds.
-    pub write_wall_ms_median: f64,
+    pub write_wall_median_ms: f64,
     /// When each message was complete at the reader, after its round started (ms).
     pub receipt_after_round: Latency,
 }
@@ -167,10 +167,10 @@ pub fn measure(args: &FloorArgs) -> Result<FloorReport, String> {
         rounds: args.rounds as u64,
         writers: args.writers as u64,
         delivered: read.receipts_us.len() as u64,
-        write_cpu_us_per_msg: write_us,
-        read_cpu_us_per_msg: read_us,
-        cpu_us_per_msg: write_us + read_us,
-        write_wall_ms_median: walls.get(walls.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        write_cpu_per_msg_us: write_us,
+        read_cpu_per_msg_us: read_us,
+        cpu_per_msg_us: write_us + read_us,
+        write_wall_median_ms: walls.get(walls.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3),
         receipt_after_round: Latency::of(&mut read.receipts_us),
     })
 }
@@ -252,14 +252,14 @@ fn table(r: &FloorReport) -> String {
         r.writers,
         r.delivered,
         r.conns * r.rounds,
-        r.write_cpu_us_per_msg,
-        r.read_cpu_us_per_msg,
-        r.cpu_us_per_msg,
-        r.write_wall_ms_median,
+        r.write_cpu_per_msg_us,
+        r.read_cpu_per_msg_us,
+        r.cpu_per_msg_us,
+        r.write_wall_median_ms,
         q.p50_ms,
         q.p99_ms,
         r.conns,
-        r.cpu_us_per_msg * r.conns as f64 / 1e3,
+        r.cpu_per_msg_us * r.conns as f64 / 1e3,
     )
 }
 
@@ -281,7 +281,7 @@ mod tests {
         };
         let r = measure(&args).unwrap();
         assert_eq!(r.delivered, 120);
-        assert!(r.write_cpu_us_per_msg > 0.0 && r.read_cpu_us_per_msg > 0.0, "{r:?}");
+        assert!(r.write_cpu_per_msg_us > 0.0 && r.read_cpu_per_msg_us > 0.0, "{r:?}");
         assert!(r.receipt_after_round.max_ms <= 60_000.0, "stamped against its own round: {r:?}");
         let text = table(&r);
         assert!(text.contains("120 / 120"), "{text}");
