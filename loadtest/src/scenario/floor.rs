@@ -149,7 +149,7 @@ pub fn measure(args: &FloorArgs) -> Result<FloorReport, String> {
         }
     }
     if failure.is_some() {
-        // The reader stops at the deadline at the latest; dropping our ends ends it sooner.
+        // The reader stops once every socket has ended (or at the deadline).
         drop(writers);
     }
     let mut read = reader.join().map_err(|_| "the reader thread panicked".to_string())??;
@@ -195,11 +195,12 @@ fn read_all(
     }
     let total = socks.len() * rounds;
     let mut got = vec![0usize; socks.len()];
+    let (mut ended, mut eof) = (0usize, vec![false; socks.len()]);
     let mut receipts_us = Vec::with_capacity(total);
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let cpu0 = thread_cpu();
-    while receipts_us.len() < total {
+    while receipts_us.len() < total && ended < socks.len() {
         let now = Instant::now();
         if now >= deadline {
             break;
@@ -213,7 +214,13 @@ fn read_all(
             let i = ev.token().0;
             loop {
                 match socks[i].read(&mut buf) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        // The writer's end closed (it failed): nothing more will come.
+                        if !std::mem::replace(&mut eof[i], true) {
+                            ended += 1;
+                        }
+                        break;
+                    }
                     Ok(n) => {
                         let before = got[i] / bytes;
                         got[i] += n;
