@@ -94,8 +94,9 @@ pub enum Command {
     /// Opens N socket pairs in this process; each round (after --pause-ms, so the sockets
     /// are cold as between two presence ticks) --writers threads write B bytes to every
     /// socket in turn, as a tick sends one message per subscriber, and another thread reads
-    /// them through epoll. Reports the CPU per write and per read (thread clocks) and when each message
-    /// was complete after its round started: what no server on this machine can beat.
+    /// them through epoll. Reports the CPU per write and per read (thread clocks) and when
+    /// each message was complete after its round started: what no server on this machine
+    /// can beat.
     Floor(FloorArgs),
     /// Fetch /health once and print the connection and memory figures.
     Health(HealthArgs),

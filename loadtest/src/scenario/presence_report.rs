@@ -288,6 +288,7 @@ mod tests {
         for t in [&a, &b, &a, &c, &a, &b] {
             assert_eq!(frames.parse(t), parse(t), "{}", &t[..60]);
         }
+        assert_eq!(frames.recent.lock().unwrap().len(), 3, "a repeated frame is kept once, not parsed again");
         assert_eq!(frames.parse(&b), Ok(Parsed::Presence { snapshot: false, seq: 1, entries: 4, tick_at: Some(7) }));
         let broken = format!("{a} trailing");
         assert!(frames.parse(&broken).is_err() && frames.parse(&broken).is_err());
